@@ -1,0 +1,42 @@
+# Shoal developer commands. Everything runs from the locked virtualenv in .venv.
+PY      ?= python3
+UV      := $(PY) -m uv
+UV_VERSION := 0.13.8
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.shoal-synced
+PORT    ?= 8000
+
+.PHONY: venv run test lint typecheck pytest bench clean
+
+## venv: create/refresh .venv from uv.lock (a no-op when nothing changed)
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen --all-extras
+	@touch $(STAMP)
+
+## run: start the demo service (the reference shop replaces it once it exists)
+run: venv
+	@echo "Shoal demo service on http://127.0.0.1:$(PORT)  (try /hello, /livez, /readyz, /metrics; Ctrl-C drains and stops)"
+	PORT=$(PORT) SHOAL_SERVICE=demo $(BIN)/shoal serve examples.demo.app:app
+
+## test: lint, type-check, then the whole test suite
+test: venv lint typecheck pytest
+
+lint: venv
+	$(BIN)/ruff check src tests bench examples
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/pytest
+
+## bench: benchmarks printing side-by-side ratios (see docs/benchmarks.md)
+bench: venv
+	$(BIN)/python bench/chassis.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

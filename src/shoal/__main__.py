@@ -1,0 +1,5 @@
+import sys
+
+from shoal._cli import main
+
+sys.exit(main())

@@ -1,0 +1,197 @@
+"""Per-request context: W3C trace context, request id and deadline, held in ``ContextVar``s.
+
+The service middleware sets them for each incoming request; app code reads them through
+:func:`current_trace`, :func:`current_request_id` and :func:`current_deadline`; the client
+propagates them on every outgoing call (:func:`outgoing_headers`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+REQUEST_ID = "x-request-id"
+#: Remaining time budget of the request, in whole milliseconds.
+DEADLINE_MS = "x-shoal-deadline-ms"
+
+_HEX = frozenset("0123456789abcdef")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """A W3C trace context: the trace, this span, and the caller's span (if any)."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None = None
+    sampled: bool = True
+    tracestate: str | None = None
+
+    def traceparent(self, span_id: str | None = None) -> str:
+        """The ``traceparent`` header value naming ``span_id`` (default: this span) as parent."""
+        flags = "01" if self.sampled else "00"
+        return f"00-{self.trace_id}-{span_id or self.span_id}-{flags}"
+
+
+def new_trace_id() -> str:
+    return os.urandom(16).hex()
+
+
+def new_span_id() -> str:
+    return os.urandom(8).hex()
+
+
+def _is_hex(value: str, length: int) -> bool:
+    return len(value) == length and _HEX.issuperset(value)
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str, bool] | None:  # noqa: PLR0911
+    """Parse a ``traceparent`` header into ``(trace_id, parent_span_id, sampled)``.
+
+    Returns ``None`` for an absent or malformed value (the caller then starts a new trace);
+    never raises.
+    """
+    if not value:
+        return None
+    parts = value.strip().lower().split("-")
+    if len(parts) < 4:
+        return None
+    version, trace_id, span_id, flags = parts[0], parts[1], parts[2], parts[3]
+    if not (_is_hex(version, 2) and version != "ff"):
+        return None
+    if version == "00" and len(parts) != 4:
+        return None
+    if not _is_hex(trace_id, 32) or trace_id == _ZERO_TRACE:
+        return None
+    if not _is_hex(span_id, 16) or span_id == _ZERO_SPAN:
+        return None
+    if not _is_hex(flags, 2):
+        return None
+    return trace_id, span_id, bool(int(flags, 16) & 1)
+
+
+def continue_trace(traceparent: str | None, tracestate: str | None = None) -> TraceContext:
+    """A new span continuing the caller's trace, or a new trace when the header is unusable."""
+    parsed = parse_traceparent(traceparent)
+    if parsed is None:
+        return TraceContext(trace_id=new_trace_id(), span_id=new_span_id())
+    trace_id, parent, sampled = parsed
+    return TraceContext(
+        trace_id=trace_id,
+        span_id=new_span_id(),
+        parent_span_id=parent,
+        sampled=sampled,
+        tracestate=tracestate,
+    )
+
+
+_trace: ContextVar[TraceContext | None] = ContextVar("shoal_trace", default=None)
+_request_id: ContextVar[str | None] = ContextVar("shoal_request_id", default=None)
+# Absolute deadline on the time.monotonic() clock.
+_deadline: ContextVar[float | None] = ContextVar("shoal_deadline", default=None)
+
+
+def current_trace() -> TraceContext | None:
+    """The trace context of the request being handled, if any."""
+    return _trace.get()
+
+
+def current_request_id() -> str | None:
+    """The ``x-request-id`` of the request being handled, if any."""
+    return _request_id.get()
+
+
+def current_deadline() -> float | None:
+    """The request's deadline on the ``time.monotonic()`` clock, if it has one."""
+    return _deadline.get()
+
+
+def remaining_time() -> float | None:
+    """Seconds left before the current deadline (may be negative), or ``None`` without one."""
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def parse_deadline_ms(value: str | None, now: float) -> float | None:
+    """Absolute monotonic deadline from a ``x-shoal-deadline-ms`` value; ``None`` if unusable."""
+    if not value:
+        return None
+    try:
+        ms = int(value.strip())
+    except ValueError:
+        return None
+    return now + ms / 1000.0
+
+
+@dataclass(slots=True)
+class RequestScope:
+    """Tokens to restore the context after a request; returned by :func:`enter_request`."""
+
+    trace: Token[TraceContext | None]
+    request_id: Token[str | None]
+    deadline: Token[float | None]
+
+    def exit(self) -> None:
+        _deadline.reset(self.deadline)
+        _request_id.reset(self.request_id)
+        _trace.reset(self.trace)
+
+
+def enter_request(
+    trace: TraceContext, request_id: str, deadline: float | None
+) -> RequestScope:
+    """Make ``trace``, ``request_id`` and ``deadline`` current until ``scope.exit()``."""
+    return RequestScope(
+        trace=_trace.set(trace),
+        request_id=_request_id.set(request_id),
+        deadline=_deadline.set(deadline),
+    )
+
+
+class deadline_scope:
+    """Bound everything inside to ``seconds`` from now (never extends an existing deadline)."""
+
+    __slots__ = ("_seconds", "_token")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._token: Token[float | None] | None = None
+
+    def __enter__(self) -> float:
+        proposed = time.monotonic() + self._seconds
+        existing = _deadline.get()
+        deadline = proposed if existing is None else min(existing, proposed)
+        self._token = _deadline.set(deadline)
+        return deadline
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _deadline.reset(self._token)
+
+
+def outgoing_headers(span_id: str | None = None, now: float | None = None) -> dict[str, str]:
+    """Headers that carry the current context to a downstream call.
+
+    ``span_id`` is the client span of the outgoing call (a fresh one when omitted). Includes
+    ``traceparent`` (and ``tracestate``), ``x-request-id`` and the remaining deadline in ms.
+    """
+    headers: dict[str, str] = {}
+    trace = _trace.get()
+    if trace is not None:
+        headers[TRACEPARENT] = trace.traceparent(span_id or new_span_id())
+        if trace.tracestate:
+            headers[TRACESTATE] = trace.tracestate
+    request_id = _request_id.get()
+    if request_id is not None:
+        headers[REQUEST_ID] = request_id
+    deadline = _deadline.get()
+    if deadline is not None:
+        left = deadline - (time.monotonic() if now is None else now)
+        headers[DEADLINE_MS] = str(max(0, int(left * 1000)))
+    return headers

@@ -1,0 +1,153 @@
+"""Shoal's exceptions, rooted in one class so callers can catch everything Shoal raises.
+
+::
+
+    ShoalError
+    ├── ConfigurationError          a setting or argument is invalid (names the setting)
+    ├── ProblemError                an HTTP problem a service handler raises (RFC 9457)
+    └── UpstreamError               a call to another service failed (service, instance, attempts)
+        ├── NoHealthyInstanceError  discovery knows no usable instance of the service
+        ├── CircuitOpenError        the service's breaker is open: failing fast
+        ├── BulkheadFullError       too many concurrent calls to the service: failing fast
+        ├── DeadlineExceededError   the request's deadline is spent
+        ├── UpstreamConnectError    connecting or sending failed before any response
+        │   └── UpstreamResetError  the connection broke after the request may have been sent
+        ├── UpstreamTimeoutError    the connect/read/total timeout elapsed
+        └── UpstreamStatusError     the service answered with an error status (kept response data)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class ShoalError(Exception):
+    """Root of every exception Shoal raises."""
+
+
+class ConfigurationError(ShoalError, ValueError):
+    """A setting or argument is invalid; ``setting`` names it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
+
+
+class ProblemError(ShoalError):
+    """Raise in a handler to answer with an RFC 9457 ``application/problem+json`` body.
+
+    ``errors`` lists field-level problems as ``{"field": ..., "message": ...}`` mappings;
+    ``headers`` are added to the response (``Retry-After``, ``Location`` ...); ``extra`` members
+    are merged into the problem object.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        title: str | None = None,
+        detail: str | None = None,
+        *,
+        type: str = "about:blank",
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail or title or str(status))
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = type
+        self.errors = list(errors) if errors else []
+        self.headers = dict(headers) if headers else {}
+        self.extra = dict(extra) if extra else {}
+
+
+class UpstreamError(ShoalError):
+    """A call to another service failed.
+
+    ``service`` is the logical name called, ``instance`` the endpoint of the last attempt (when
+    one was chosen) and ``attempts`` how many attempts were made.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str,
+        instance: str | None = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.service = service
+        self.instance = instance
+        self.attempts = attempts
+
+
+class NoHealthyInstanceError(UpstreamError):
+    """Discovery has no usable (registered, non-ejected) instance of ``service``."""
+
+
+class CircuitOpenError(UpstreamError):
+    """The breaker of ``service`` is open; ``retry_after`` seconds until it admits a probe."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str,
+        retry_after: float,
+        instance: str | None = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message, service=service, instance=instance, attempts=attempts)
+        self.retry_after = retry_after
+
+
+class BulkheadFullError(UpstreamError):
+    """``limit`` concurrent calls to ``service`` are already in flight."""
+
+    def __init__(self, message: str, *, service: str, limit: int) -> None:
+        super().__init__(message, service=service)
+        self.limit = limit
+
+
+class DeadlineExceededError(UpstreamError):
+    """The deadline of the current request is spent; no further attempt is made."""
+
+
+class UpstreamConnectError(UpstreamError):
+    """Connecting or sending the request failed before any response byte arrived."""
+
+
+class UpstreamResetError(UpstreamConnectError):
+    """The connection closed or reset after the request may have been sent, before a response.
+
+    Unlike a plain :class:`UpstreamConnectError` (nothing reached the service), the service may
+    have acted on the request, so only idempotent requests are retried after it.
+    """
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """A connect, read or total timeout elapsed."""
+
+
+class UpstreamStatusError(UpstreamError):
+    """The service answered with an error status after all permitted attempts."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        instance: str | None = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message, service=service, instance=instance, attempts=attempts)
+        self.status = status
+        self.headers = dict(headers) if headers else {}
+        self.body = body

@@ -1,0 +1,197 @@
+"""JSON logs: one object per line on stdout, carrying the service, instance and request context.
+
+Every line has ``ts``, ``level``, ``service``, ``instance``, ``trace_id``, ``span_id``,
+``request_id``, ``event`` and the event's fields. Standard-library loggers (uvicorn, gunicorn,
+libraries) are formatted the same way, their message becoming the ``event``.
+
+Use :func:`get_logger` for structured events::
+
+    log = shoal.get_logger(__name__)
+    log.info("order.created", order_id=42, total="12.50")
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import orjson
+
+from shoal._context import current_request_id, current_trace
+
+_FIELDS_ATTR = "shoal_fields"
+_identity: dict[str, str] = {"service": "unknown", "instance": "unknown"}
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+    _FIELDS_ATTR,
+}
+
+
+def set_identity(*, service: str, instance: str) -> None:
+    """Name the service and instance that every log line carries."""
+    _identity["service"] = service
+    _identity["instance"] = instance
+
+
+def _iso(ts: float) -> str:
+    ms = int(ts * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{ms:03d}Z"
+
+
+def _default(obj: object) -> str:
+    return str(obj)
+
+
+def record_to_dict(record: logging.LogRecord) -> dict[str, Any]:
+    """The JSON object a record becomes (before serialisation)."""
+    trace = current_trace()
+    out: dict[str, Any] = {
+        "ts": _iso(record.created),
+        "level": record.levelname.lower(),
+        "service": _identity["service"],
+        "instance": _identity["instance"],
+        "trace_id": trace.trace_id if trace else None,
+        "span_id": trace.span_id if trace else None,
+        "request_id": current_request_id(),
+        "event": record.getMessage(),
+        "logger": record.name,
+    }
+    fields = getattr(record, _FIELDS_ATTR, None)
+    if fields:
+        out.update(fields)
+    # ``extra=`` given to a plain stdlib logger lands as record attributes.
+    out.update(
+        (key, value)
+        for key, value in record.__dict__.items()
+        if key not in _RESERVED and not key.startswith("_")
+    )
+    if record.exc_info and record.exc_info[0] is not None:
+        out["exception"] = logging.Formatter().formatException(record.exc_info)
+        out.setdefault("error_type", record.exc_info[0].__name__)
+    return out
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one compact JSON line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(record_to_dict(record), default=_default).decode()
+
+
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stdout`` is at emit time (pytest's capture swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
+_configured = threading.Lock()
+_handler: logging.Handler | None = None
+
+
+def configure_logging(level: str | int = "INFO") -> None:
+    """Route the root logger (and uvicorn's, gunicorn's) to JSON lines on stdout. Idempotent."""
+    global _handler
+    with _configured:
+        root = logging.getLogger()
+        if _handler is None:
+            _handler = _StdoutHandler()
+            _handler.setFormatter(JsonFormatter())
+            root.addHandler(_handler)
+        root.setLevel(level)
+        for name in ("uvicorn", "uvicorn.error", "gunicorn.error"):
+            lg = logging.getLogger(name)
+            lg.handlers.clear()
+            lg.propagate = True
+        # Shoal writes its own access log line per request.
+        for name in ("uvicorn.access", "gunicorn.access"):
+            lg = logging.getLogger(name)
+            lg.handlers.clear()
+            lg.propagate = False
+            lg.disabled = True
+
+
+class Logger:
+    """A thin structured facade over a standard-library logger: ``log.info(event, **fields)``."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def _log(self, level: int, event: str, fields: dict[str, Any], exc: bool = False) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, extra={_FIELDS_ATTR: fields}, exc_info=exc,
+                             stacklevel=3)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """Log at error level with the current exception's traceback (never sent to clients)."""
+        self._log(logging.ERROR, event, fields, exc=True)
+
+    def is_enabled_for(self, level: int) -> bool:
+        return self._logger.isEnabledFor(level)
+
+
+def get_logger(name: str = "shoal") -> Logger:
+    """A structured logger; lines are JSON once :func:`configure_logging` has run."""
+    return Logger(logging.getLogger(name))
+
+
+class _CaptureHandler(logging.Handler):
+    def __init__(self, sink: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._sink(record_to_dict(record))
+
+
+@contextmanager
+def capture_logs(level: int = logging.DEBUG) -> Iterator[list[dict[str, Any]]]:
+    """Collect every log line emitted inside the block as the dict it would be serialised from.
+
+    ::
+
+        with shoal.testing.capture_logs() as lines:
+            ...
+        assert any(line["event"] == "order.created" for line in lines)
+    """
+    lines: list[dict[str, Any]] = []
+    handler = _CaptureHandler(lines.append)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, old_level) if old_level else level)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

@@ -1,0 +1,164 @@
+"""WSGI middleware: the chassis behaviour for any WSGI app (the Flask adapter builds on it)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from shoal import _metrics
+from shoal._asgi import KNOWN_METHODS, valid_request_id
+from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
+from shoal._context import (
+    RequestScope,
+    continue_trace,
+    enter_request,
+    new_trace_id,
+    parse_deadline_ms,
+)
+from shoal._logging import get_logger
+from shoal._problem import PROBLEM_CONTENT_TYPE, problem_body
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIEnviron = dict[str, Any]
+WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
+
+#: Adapters store the matched route template here (e.g. Flask's ``url_rule.rule``).
+ROUTE_KEY = "shoal.route"
+_access = get_logger("shoal.access")
+_errors = get_logger("shoal.error")
+
+
+class _Finishing:
+    """Wraps a response body; the request is accounted when the server closes it."""
+
+    __slots__ = ("_body", "_finish")
+
+    def __init__(self, body: Iterable[bytes], finish: Callable[[], None]) -> None:
+        self._body = body
+        self._finish = finish
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish()
+
+
+class ShoalWSGIMiddleware:
+    """Wraps a WSGI app with probes, metrics, JSON access log, trace context and 500s."""
+
+    def __init__(self, app: WSGIApp, chassis: Chassis) -> None:
+        self.app = app
+        self.chassis = chassis
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        path: str = environ.get("PATH_INFO", "") or "/"
+        method: str = environ.get("REQUEST_METHOD", "GET")
+        if path in (LIVEZ, READYZ, METRICS) and method in ("GET", "HEAD"):
+            return self._probe(path, start_response)
+
+        chassis = self.chassis
+        trace = continue_trace(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_TRACESTATE"))
+        request_id = environ.get("HTTP_X_REQUEST_ID")
+        if not valid_request_id(request_id):
+            request_id = new_trace_id()
+        assert request_id is not None
+        start = time.perf_counter()
+        deadline = parse_deadline_ms(environ.get("HTTP_X_SHOAL_DEADLINE_MS"), time.monotonic())
+        scope = enter_request(trace, request_id, deadline)
+        status = [500]
+
+        def wrapped_start(
+            status_line: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            status[0] = int(status_line[:3])
+            headers.append(("X-Request-Id", request_id))
+            return start_response(status_line, headers, exc_info)
+
+        finished = [False]
+
+        def finish() -> None:
+            if finished[0]:
+                return
+            finished[0] = True
+            self._finish(environ, method, path, status[0], start, scope)
+
+        chassis.request_started()
+        try:
+            if deadline is not None and deadline <= time.monotonic():
+                body: Iterable[bytes] = self._problem(
+                    start_response, 504, "The request's deadline was already spent.", path,
+                    request_id)
+                status[0] = 504
+            else:
+                body = self.app(environ, wrapped_start)
+        except Exception as exc:  # noqa: BLE001 - the 500 safety net: log, answer, go on
+            route = environ.get(ROUTE_KEY) or UNMATCHED_ROUTE
+            chassis.exception_raised(route, exc)
+            _errors.exception("request.failed", method=method, path=path, route=route)
+            status[0] = 500
+            body = self._problem(
+                start_response, 500,
+                "An internal error occurred; it was logged with this trace id.", path, request_id)
+        if isinstance(body, list):
+            finish()
+            return body
+        return _Finishing(body, finish)
+
+    def _finish(  # noqa: PLR0917 - private, called from one place
+        self, environ: WSGIEnviron, method: str, path: str, status: int, start: float,
+        scope: RequestScope,
+    ) -> None:
+        duration = time.perf_counter() - start
+        route = environ.get(ROUTE_KEY) or UNMATCHED_ROUTE
+        self.chassis.request_finished(
+            method if method in KNOWN_METHODS else "OTHER", route, status, duration)
+        if _access.is_enabled_for(logging.INFO):
+            _access.info("request", method=method, path=path, route=route, status=status,
+                         duration_ms=round(duration * 1000, 3))
+        # The server may close the body from another context; the request is over either way.
+        with contextlib.suppress(ValueError):
+            scope.exit()
+
+    @staticmethod
+    def _problem(
+        start_response: StartResponse, status: int, detail: str, path: str, request_id: str
+    ) -> list[bytes]:
+        body = problem_body(status, detail=detail, instance=path)
+        start_response(
+            f"{status} {'Gateway Timeout' if status == 504 else 'Internal Server Error'}",
+            [("Content-Type", PROBLEM_CONTENT_TYPE), ("Content-Length", str(len(body))),
+             ("X-Request-Id", request_id)],
+        )
+        return [body]
+
+    def _probe(self, path: str, start_response: StartResponse) -> list[bytes]:
+        chassis = self.chassis
+        if path == LIVEZ:
+            body = orjson.dumps({"status": "ok", "service": chassis.service,
+                                 "instance": chassis.instance})
+            status, ctype = 200, "application/json"
+        elif path == READYZ:
+            results = [] if chassis.draining else chassis.run_checks_sync()
+            status, payload = chassis.readiness_body(results)
+            body, ctype = orjson.dumps(payload), "application/json"
+        else:
+            body, status, ctype = _metrics.render(), 200, _metrics.CONTENT_TYPE
+        start_response(
+            "200 OK" if status == 200 else "503 Service Unavailable",
+            [("Content-Type", ctype), ("Content-Length", str(len(body))),
+             ("Cache-Control", "no-store")],
+        )
+        return [body]

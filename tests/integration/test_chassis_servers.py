@@ -1,0 +1,252 @@
+"""The chassis behaviour against real server processes, for both frameworks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shoal.testing import run_server
+
+pytestmark = pytest.mark.integration
+
+APPS = {
+    "fastapi": "tests.apps.chassis_fastapi:app",
+    "flask": "tests.apps.chassis_flask:app",
+}
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def call(url: str, *, method: str = "GET", headers: dict[str, str] | None = None,
+         body: Any = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+@pytest.fixture(scope="module", params=sorted(APPS))
+def server(request, tmp_path_factory):
+    """One server per framework, shared by the tests that leave it as they found it."""
+    marker = tmp_path_factory.mktemp(request.param) / "not-ready"
+    with run_server(APPS[request.param], service=f"svc-{request.param}",
+                    env={"TEST_NOT_READY_FILE": str(marker)}) as srv:
+        srv.framework = request.param
+        srv.not_ready_marker = marker
+        yield srv
+
+
+@pytest.fixture(params=sorted(APPS))
+def fresh_server(request, shoal_server):
+    srv = shoal_server(APPS[request.param], service=f"drain-{request.param}",
+                       env={"SHOAL_DRAIN_GRACE": "5"})
+    srv.framework = request.param
+    return srv
+
+
+def request_counts(server) -> dict[tuple[str, str], float]:
+    _, _, body = call(server.url + "/metrics")
+    service = f"svc-{server.framework}"
+    return {
+        (s.labels["route"], s.labels["status"]): s.value
+        for f in text_string_to_metric_families(body.decode()) if f.name == "http_requests"
+        for s in f.samples
+        if s.name == "http_requests_total" and s.labels["service"] == service
+    }
+
+
+def test_livez_and_readyz_report_each_check(server):
+    status, _, body = call(server.url + "/livez")
+    assert status == 200
+    assert json.loads(body)["status"] == "ok"
+    status, _headers, body = call(server.url + "/readyz")
+    assert status == 200
+    data = json.loads(body)
+    assert data["status"] == "ready"
+    assert data["checks"]["marker"]["status"] == "ok"
+    assert "duration_ms" in data["checks"]["marker"]
+
+
+def test_failing_readiness_check_turns_readyz_503_naming_it(server):
+    server.not_ready_marker.write_text("x")
+    status, _, body = call(server.url + "/readyz")
+    assert status == 503
+    data = json.loads(body)
+    assert data["status"] == "not ready"
+    assert data["checks"]["marker"] == {"status": "fail", "duration_ms": pytest.approx(
+        data["checks"]["marker"]["duration_ms"]), "error": "returned False"}
+    server.not_ready_marker.unlink()
+    assert call(server.url + "/readyz")[0] == 200
+
+
+def test_metrics_count_requests_by_route_template_never_raw_path(server):
+    template = "/items/{item_id}" if server.framework == "fastapi" else "/items/<int:item_id>"
+    before = request_counts(server)
+    for item in (1, 2, 3):
+        assert call(server.url + f"/items/{item}")[0] == 200
+    assert call(server.url + "/no/such/path")[0] == 404
+    status, headers, body = call(server.url + "/metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    after = request_counts(server)
+    assert after[(template, "200")] - before.get((template, "200"), 0) == 3
+    assert after[("<unmatched>", "404")] - before.get(("<unmatched>", "404"), 0) == 1
+    assert not any(route.startswith("/items/1") for route, _ in after)
+    hist = [s for s in families["http_request_duration_seconds"].samples
+            if s.name.endswith("_count") and s.labels["route"] == template
+            and s.labels["status_class"] == "2xx"]
+    assert hist[0].value == after[(template, "200")]
+    assert "http_requests_in_flight" in families
+    assert "process_resident_memory_bytes" in families
+
+
+def test_access_log_lines_are_json_carrying_the_callers_trace(server):
+    status, headers, _ = call(server.url + "/items/7",
+                              headers={"traceparent": TRACEPARENT, "x-request-id": "req-abc"})
+    assert status == 200
+    assert headers["x-request-id"] == "req-abc"
+    app_line = server.wait_for_log(
+        lambda ln: ln.get("event") == "item.read" and ln.get("request_id") == "req-abc")
+    access = server.wait_for_log(
+        lambda ln: ln.get("event") == "request" and ln.get("request_id") == "req-abc")
+    for line in (app_line, access):
+        assert line["trace_id"] == TRACE_ID
+        assert line["request_id"] == "req-abc"
+        assert line["service"] == f"svc-{server.framework}"
+        assert line["span_id"]
+        assert line["span_id"] != "00f067aa0ba902b7"
+        assert {"ts", "level", "instance"} <= set(line)
+    assert access["status"] == 200
+    assert app_line["item_id"] == 7
+
+
+def test_context_is_visible_to_handlers_and_malformed_trace_starts_a_new_one(server):
+    _, headers, body = call(server.url + "/ctx", headers={"traceparent": "nonsense",
+                                                         "x-shoal-deadline-ms": "5000"})
+    data = json.loads(body)
+    assert len(data["trace_id"]) == 32
+    assert data["parent_span_id"] is None
+    assert data["request_id"] == headers["x-request-id"]
+    assert 0 < data["remaining"] <= 5.0
+    _, _, body = call(server.url + "/ctx", headers={"traceparent": TRACEPARENT})
+    assert json.loads(body)["trace_id"] == TRACE_ID
+
+
+def test_errors_are_problem_json(server):
+    status, headers, body = call(server.url + "/missing")
+    assert (status, headers["content-type"]) == (404, "application/problem+json")
+    assert json.loads(body)["title"] == "Not Found"
+
+    status, headers, body = call(server.url + "/items/3", method="DELETE")
+    assert status == 405
+    assert headers["content-type"] == "application/problem+json"
+    assert "GET" in headers["allow"]
+
+    status, headers, body = call(server.url + "/users", method="POST", body={"name": ""})
+    assert status == 422
+    assert headers["content-type"] == "application/problem+json"
+    fields = {e["field"].split(".")[-1] for e in json.loads(body)["errors"]}
+    assert fields == {"name", "email"}
+
+    status, headers, body = call(server.url + "/problem")
+    assert status == 409
+    assert headers["retry-after"] == "3"
+    assert json.loads(body)["detail"] == "Already exists"
+
+
+def test_500_never_leaks_the_exception_and_is_logged_with_the_trace_id(server):
+    status, headers, body = call(server.url + "/boom", headers={"traceparent": TRACEPARENT})
+    assert status == 500
+    assert headers["content-type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["trace_id"] == TRACE_ID
+    assert "hunter2" not in body.decode()
+    assert "Traceback" not in body.decode()
+    logged = server.wait_for_log(
+        lambda ln: ln.get("event") == "request.failed" and ln.get("trace_id") == TRACE_ID)
+    assert logged["trace_id"] == TRACE_ID
+    assert "hunter2" in logged["exception"]
+    assert logged["level"] == "error"
+
+
+def test_spent_deadline_is_refused_with_504(server):
+    status, headers, _body = call(server.url + "/hello", headers={"x-shoal-deadline-ms": "0"})
+    assert status == 504
+    assert headers["content-type"] == "application/problem+json"
+
+
+def test_sigterm_drains_in_flight_request_while_readyz_fails_then_exits_0(fresh_server):
+    server = fresh_server
+    result: dict[str, Any] = {}
+
+    def slow_call() -> None:
+        result["slow"] = call(server.url + "/slow?seconds=1.5", timeout=20)
+
+    worker = threading.Thread(target=slow_call)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not server.log_lines() or not any(
+        ln.get("event") == "request" for ln in server.log_lines()
+    ):
+        # wait until the server is handling requests: the slow one is in flight once it
+        # shows in the in-flight gauge
+        _, _, body = call(server.url + "/metrics")
+        if any(
+            line.startswith("http_requests_in_flight{") and not line.endswith(" 0.0")
+            for line in body.decode().splitlines()
+        ):
+            break
+        assert time.monotonic() < deadline, "slow request never became in-flight"
+        time.sleep(0.02)
+    server.terminate()
+    # readiness fails at once while the slow request is still being served
+    deadline = time.monotonic() + 5
+    while True:
+        status, _, body = call(server.url + "/readyz")
+        if status == 503:
+            assert json.loads(body)["status"] == "draining"
+            break
+        assert time.monotonic() < deadline, "readyz never turned 503 after SIGTERM"
+        time.sleep(0.02)
+    assert worker.is_alive(), "the slow request finished before readiness was checked"
+    worker.join(20)
+    assert result["slow"][0] == 200
+    assert json.loads(result["slow"][2]) == {"slept": 1.5}
+    assert server.wait(20) == 0
+    drained = [ln for ln in server.log_lines() if ln.get("event") == "drain.started"]
+    assert drained
+    assert drained[0]["in_flight"] >= 1
+
+
+def test_serve_exits_2_naming_the_bad_variable():
+    proc = subprocess.run(
+        [sys.executable, "-m", "shoal", "serve", "tests.apps.chassis_fastapi:app"],
+        env={"PATH": "/usr/bin:/bin", "SHOAL_DRAIN_GRACE": "forever", "PORT": "1"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    assert "SHOAL_DRAIN_GRACE" in proc.stderr
+
+
+def test_serve_exits_2_for_an_app_that_does_not_import():
+    proc = subprocess.run(
+        [sys.executable, "-m", "shoal", "serve", "tests.apps.nope:app"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    assert "cannot import module 'tests.apps.nope'" in proc.stderr
