@@ -24,7 +24,7 @@ from shoal._wsgi import ROUTE_KEY, ShoalWSGIMiddleware
 if TYPE_CHECKING:
     from shoal._settings import Settings
 
-__all__ = ["instrument", "problem_response"]
+__all__ = ["instrument", "problem_response", "validation_problem"]
 
 _errors = get_logger("shoal.error")
 
@@ -55,7 +55,12 @@ def _problem_error(exc: ProblemError) -> Response:
     return problem_response(exc.status, problem_from_error(exc, request.path), exc.headers)
 
 
-def _validation_error(exc: ValidationError) -> Response:
+def validation_problem(exc: ValidationError) -> Response:
+    """A 422 problem+json response naming each invalid field of a pydantic ``exc``.
+
+    Registered for ``ValidationError`` raised by views; also usable as a validation callback
+    (e.g. flask-openapi3's ``validation_error_callback``).
+    """
     errors = validation_errors(exc.errors(include_url=False))
     body = problem_body(422, detail=validation_detail(errors), instance=request.path,
                         errors=errors)
@@ -89,7 +94,7 @@ def instrument(
     app.before_request(_record_route)
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(ProblemError, _problem_error)
-    app.register_error_handler(ValidationError, _validation_error)
+    app.register_error_handler(ValidationError, validation_problem)
     app.register_error_handler(Exception, _unhandled)
     inner = app.wsgi_app
 

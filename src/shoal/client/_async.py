@@ -1,0 +1,195 @@
+"""The async client (FastAPI services): the policy stack over an :class:`AsyncTransport`."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from shoal._errors import UpstreamError
+from shoal.client._balancer import BalancerName, Clock
+from shoal.client._breaker import BreakerPolicy
+from shoal.client._bulkhead import BulkheadPolicy
+from shoal.client._outlier import OutlierPolicy
+from shoal.client._retry import RetryBudgetPolicy, RetryPolicy
+from shoal.client._shell import ClientBase
+from shoal.client._transport import AsyncTransport, Response, Timeouts
+from shoal.client._upstream import Call, Fallback, Upstream, outcome_of
+from shoal.discovery import Resolver
+
+
+class AsyncClient(ClientBase):
+    """Calls other services by logical name: ``await client.get("http://users/users/42")``.
+
+    Every call is balanced over the service's live instances (from ``resolver``, default
+    ``$SHOAL_DISCOVERY``), carries the trace context, request id and remaining deadline,
+    is bounded by the incoming request's deadline and ``timeouts``, passes the service's
+    bulkhead and circuit breaker, and is retried under ``retry`` and the client's retry budget.
+    Use one client per process (``async with AsyncClient(...) as client``, or :meth:`aclose`).
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        resolver: Resolver | None = None,
+        balancer: BalancerName = "least_outstanding",
+        retry: RetryPolicy | None = None,
+        retry_budget: RetryBudgetPolicy | None = None,
+        breaker: BreakerPolicy | None = None,
+        outlier: OutlierPolicy | None = None,
+        bulkhead: BulkheadPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        transport: AsyncTransport | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``service`` names the calling service (metric label). Policies default to their
+        documented defaults. Raises :class:`ConfigurationError` naming a bad setting."""
+        super().__init__(
+            service=service,
+            resolver=resolver,
+            balancer=balancer,
+            retry=retry,
+            retry_budget=retry_budget,
+            breaker=breaker,
+            outlier=outlier,
+            bulkhead=bulkhead,
+            timeouts=timeouts,
+            clock=clock,
+            rng=rng,
+        )
+        if transport is None:
+            from shoal.client._aiohttp import AiohttpTransport  # noqa: PLC0415 - optional extra
+
+            transport = AiohttpTransport(timeouts=self.settings.timeouts)
+        self._transport = transport
+        self._sleep = asyncio.sleep  # tests swap it to observe backoff
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        json: Any = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline the client enforces
+        fallback: Fallback | None = None,
+    ) -> Response:
+        """Send ``method url`` (``http://<service>/<path>``) and return the response.
+
+        Returns responses with status < 500 (4xx included: check ``response.status`` or call
+        ``raise_for_status``). ``timeout`` overrides ``timeouts.total`` for this call.
+        Raises an :class:`UpstreamError` subclass - :class:`UpstreamStatusError` for a final
+        5xx, :class:`CircuitOpenError`, :class:`BulkheadFullError`,
+        :class:`DeadlineExceededError`, :class:`NoHealthyInstanceError`,
+        :class:`UpstreamConnectError`, :class:`UpstreamTimeoutError` - unless ``fallback``
+        covers it, in which case its response is returned with ``degraded`` set.
+        """
+        upstream, call = self._new_call(
+            method, url, headers=headers, content=content, json=json, timeout=timeout
+        )
+        try:
+            return await self._send(upstream, call)
+        except UpstreamError as exc:
+            if fallback is not None and isinstance(exc, fallback.on):
+                return upstream.degrade(fallback, exc)
+            raise
+
+    async def _send(self, upstream: Upstream, call: Call) -> Response:
+        upstream.begin_call()
+        outcome = "cancelled"
+        try:
+            while True:
+                request = upstream.prepare_attempt(call)
+                delay: float | None
+                try:
+                    response = await self._transport.handle_async_request(request)
+                except UpstreamError as exc:
+                    delay = upstream.after_error(call, exc)
+                else:
+                    delay = upstream.after_response(call, response)
+                    if delay is None:
+                        outcome = "success" if response.status < 400 else "client_error"
+                        return response
+                await self._sleep(delay)
+        except UpstreamError as exc:
+            outcome = outcome_of(exc)
+            raise
+        finally:
+            upstream.end_call(call, outcome)
+
+    async def get(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline the client enforces
+        fallback: Fallback | None = None,
+    ) -> Response:
+        """``request("GET", url, ...)``."""
+        return await self.request("GET", url, headers=headers, timeout=timeout, fallback=fallback)
+
+    async def delete(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline the client enforces
+        fallback: Fallback | None = None,
+    ) -> Response:
+        """``request("DELETE", url, ...)``."""
+        return await self.request(
+            "DELETE", url, headers=headers, timeout=timeout, fallback=fallback
+        )
+
+    async def post(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        json: Any = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline the client enforces
+        fallback: Fallback | None = None,
+    ) -> Response:
+        """``request("POST", url, ...)``: retried only with an ``Idempotency-Key`` header."""
+        return await self.request(
+            "POST", url, headers=headers, content=content, json=json, timeout=timeout,
+            fallback=fallback,
+        )
+
+    async def put(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        json: Any = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline the client enforces
+        fallback: Fallback | None = None,
+    ) -> Response:
+        """``request("PUT", url, ...)``."""
+        return await self.request(
+            "PUT", url, headers=headers, content=content, json=json, timeout=timeout,
+            fallback=fallback,
+        )
+
+    async def aclose(self) -> None:
+        """Stop following discovery and close pooled connections (idempotent)."""
+        self._unsubscribe()
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

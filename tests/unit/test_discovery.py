@@ -1,0 +1,80 @@
+"""The discovery seam: SHOAL_DISCOVERY parsing and pushed endpoint tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal._errors import ConfigurationError
+from shoal.discovery import (
+    Endpoint,
+    StaticResolver,
+    register_scheme,
+    resolver_from_config,
+    resolver_from_env,
+)
+
+
+def test_static_config_lists_each_services_endpoints():
+    resolver = resolver_from_config(
+        "static:users=http://127.0.0.1:8001, http://127.0.0.1:8002;orders=http://127.0.0.1:9001"
+    )
+    assert isinstance(resolver, StaticResolver)
+    assert [e.url for e in resolver.endpoints("users")] == [
+        "http://127.0.0.1:8001",
+        "http://127.0.0.1:8002",
+    ]
+    assert [e.url for e in resolver.endpoints("orders")] == ["http://127.0.0.1:9001"]
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ("consul://x", "unknown discovery scheme 'consul'"),
+        ("", "is empty"),
+        ("static:users", "expected service=url"),
+        ("static:users=", "has no endpoints"),
+        ("static:users=127.0.0.1:8001", "expected http(s)://host:port"),
+        ("static:users=http://a:1;users=http://b:1", "listed twice"),
+    ],
+)
+def test_bad_config_fails_naming_the_setting(config, fragment):
+    with pytest.raises(ConfigurationError) as info:
+        resolver_from_config(config)
+    assert info.value.setting == "SHOAL_DISCOVERY"
+    assert fragment in str(info.value)
+
+
+def test_env_selects_the_backend(monkeypatch):
+    monkeypatch.setenv("SHOAL_DISCOVERY", "static:users=http://127.0.0.1:8001")
+    assert resolver_from_env().endpoints("users") == (Endpoint("http://127.0.0.1:8001"),)  # type: ignore[attr-defined]
+    monkeypatch.delenv("SHOAL_DISCOVERY")
+    with pytest.raises(ConfigurationError, match="SHOAL_DISCOVERY"):
+        resolver_from_env()
+
+
+def test_registered_scheme_is_dispatched_on_its_prefix():
+    seen = []
+
+    def factory(config: str) -> StaticResolver:
+        seen.append(config)
+        return StaticResolver()
+
+    register_scheme("testreg", factory)
+    resolver_from_config("testreg+http://127.0.0.1:7700")
+    assert seen == ["testreg+http://127.0.0.1:7700"]
+
+
+def test_subscribers_get_the_table_at_once_and_every_change_until_cancelled():
+    resolver = StaticResolver({"users": ["http://127.0.0.1:8001"]})
+    tables: list[list[str]] = []
+    subscription = resolver.subscribe("users", lambda t: tables.append([e.url for e in t]))
+    resolver.set_endpoints("users", ["http://127.0.0.1:8002"])
+    subscription.cancel()
+    resolver.set_endpoints("users", ["http://127.0.0.1:8003"])
+    assert tables == [["http://127.0.0.1:8001"], ["http://127.0.0.1:8002"]]
+
+
+def test_unknown_service_starts_empty():
+    tables = []
+    StaticResolver().subscribe("nobody", tables.append)
+    assert tables == [()]
