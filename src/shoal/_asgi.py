@@ -6,6 +6,7 @@ Plain ASGI (no ``BaseHTTPMiddleware``) so ``ContextVar``s set here are visible t
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -19,6 +20,7 @@ from shoal._context import (
     REQUEST_ID,
     TRACEPARENT,
     TRACESTATE,
+    TraceContext,
     continue_trace,
     enter_request,
     new_trace_id,
@@ -95,12 +97,19 @@ class ShoalMiddleware:
                 deadline_ms = value.decode("latin-1")
             elif name == _B_TRACESTATE:
                 tracestate = value.decode("latin-1")
-        trace = continue_trace(traceparent, tracestate)
-        if not valid_request_id(request_id):
-            request_id = new_trace_id()
+        if traceparent is None and not valid_request_id(request_id):
+            # The common case (an edge request): one random draw for trace, span and request id.
+            ids = os.urandom(40).hex()
+            trace = TraceContext(trace_id=ids[:32], span_id=ids[32:48])
+            request_id = ids[48:]
+        else:
+            trace = continue_trace(traceparent, tracestate)
+            if not valid_request_id(request_id):
+                request_id = new_trace_id()
         assert request_id is not None
         start = time.perf_counter()
-        deadline = parse_deadline_ms(deadline_ms, time.monotonic())
+        deadline = None if deadline_ms is None else parse_deadline_ms(deadline_ms,
+                                                                       time.monotonic())
         ctx = enter_request(trace, request_id, deadline)
         rid_header = (_B_REQUEST_ID, request_id.encode("latin-1"))
         method: str = scope["method"]

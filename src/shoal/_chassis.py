@@ -71,7 +71,15 @@ class Chassis:
         self._draining = False
         self._lock = threading.Lock()
         self.in_flight = 0
-        self._in_flight_gauge = _metrics.HTTP_IN_FLIGHT.labels(name)
+        if _metrics.MULTIPROCESS:
+            self._in_flight_gauge: Any = _metrics.HTTP_IN_FLIGHT.labels(name)
+        else:
+            # Read at scrape time from the counts the chassis keeps anyway, instead of two
+            # locked gauge updates per request. Summed over chassis of the same service, as
+            # the shared labelled child was.
+            _metrics.HTTP_IN_FLIGHT.labels(name).set_function(
+                lambda: float(sum(c.in_flight for c in _instances if c.service == name)))
+            self._in_flight_gauge = None
         self._ready_gauge = _metrics.READINESS.labels(name)
         self._ready_gauge.set(1)
         # (method, route, status) -> (counter child, histogram child): labels() takes a lock
@@ -170,12 +178,14 @@ class Chassis:
     def request_started(self) -> None:
         with self._lock:
             self.in_flight += 1
-        self._in_flight_gauge.inc()
+        if self._in_flight_gauge is not None:
+            self._in_flight_gauge.inc()
 
     def request_finished(self, method: str, route: str, status: int, duration: float) -> None:
         with self._lock:
             self.in_flight -= 1
-        self._in_flight_gauge.dec()
+        if self._in_flight_gauge is not None:
+            self._in_flight_gauge.dec()
         key = (method, route, status)
         children = self._children.get(key)
         if children is None:

@@ -41,9 +41,19 @@ def set_identity(*, service: str, instance: str) -> None:
     _identity["instance"] = instance
 
 
+# (whole second, its formatted prefix): strftime+gmtime cost more than the rest of a line.
+_iso_cache: tuple[int, str] = (-1, "")
+
+
 def _iso(ts: float) -> str:
+    global _iso_cache
     ms = int(ts * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{ms:03d}Z"
+    second = int(ts)
+    cached_second, prefix = _iso_cache
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
+        _iso_cache = (second, prefix)
+    return f"{prefix}.{ms:03d}Z"
 
 
 def _default(obj: object) -> str:
@@ -102,7 +112,7 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 _configured = threading.Lock()
-_handler: logging.Handler | None = None
+_handler: _StdoutHandler | None = None
 
 
 def configure_logging(level: str | int = "INFO") -> None:
@@ -127,6 +137,76 @@ def configure_logging(level: str | int = "INFO") -> None:
             lg.disabled = True
 
 
+_LEVEL_NAMES = {lvl: logging.getLevelName(lvl).lower() for lvl in
+                (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)}
+
+
+def _only_our_handler(logger: logging.Logger, level: int) -> _StdoutHandler | None:
+    """Our stdout handler, when it is the one place a record from ``logger`` would go.
+
+    That is: no filters on the logger, no handler anywhere up the hierarchy but ours on the
+    root, no custom record factory (it could add fields). Anything else (``capture_logs``,
+    pytest's ``caplog``, a user's handler) sends the record through the stdlib path.
+    """
+    handler = _handler
+    if (
+        handler is None
+        or logger.filters
+        or handler.filters
+        or level < handler.level
+        or logging.getLogRecordFactory() is not logging.LogRecord
+    ):
+        return None
+    node: logging.Logger | None = logger
+    while node is not None:
+        parent = node.parent
+        if parent is None:  # the root
+            handlers = node.handlers
+            return handler if len(handlers) == 1 and handlers[0] is handler else None
+        if node.handlers or not node.propagate:
+            return None
+        node = parent
+    return None  # pragma: no cover - every logger chain ends at the root
+
+
+def _write_direct(logger: logging.Logger, level: int, event: str, fields: dict[str, Any]) -> bool:
+    """Write the line ``record_to_dict`` + ``JsonFormatter`` would, without a ``LogRecord``.
+
+    The stdlib path (record, caller lookup, handler chain) costs several times the line itself
+    and sits on every request's path through the access log. Returns ``False`` (nothing
+    written) when the record could go anywhere but our handler, or the write failed.
+    """
+    handler = _only_our_handler(logger, level)
+    if handler is None:
+        return False
+    trace = current_trace()
+    out: dict[str, Any] = {
+        "ts": _iso(time.time()),
+        "level": _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower(),
+        "service": _identity["service"],
+        "instance": _identity["instance"],
+        "trace_id": trace.trace_id if trace else None,
+        "span_id": trace.span_id if trace else None,
+        "request_id": current_request_id(),
+        "event": event,
+        "logger": logger.name,
+    }
+    if fields:
+        out.update(fields)
+    lock = handler.lock
+    if lock is None:
+        return False
+    try:
+        line = orjson.dumps(out, default=_default).decode() + handler.terminator
+        with lock:
+            stream = handler.stream
+            stream.write(line)
+            stream.flush()
+    except Exception:  # noqa: BLE001 - let the stdlib path write it or report the failure
+        return False
+    return True
+
+
 class Logger:
     """A thin structured facade over a standard-library logger: ``log.info(event, **fields)``."""
 
@@ -136,9 +216,12 @@ class Logger:
         self._logger = logger
 
     def _log(self, level: int, event: str, fields: dict[str, Any], exc: bool = False) -> None:
-        if self._logger.isEnabledFor(level):
-            self._logger.log(level, event, extra={_FIELDS_ATTR: fields}, exc_info=exc,
-                             stacklevel=3)
+        logger = self._logger
+        if not logger.isEnabledFor(level):
+            return
+        if not exc and _write_direct(logger, level, event, fields):
+            return
+        logger.log(level, event, extra={_FIELDS_ATTR: fields}, exc_info=exc, stacklevel=3)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, fields)

@@ -16,6 +16,7 @@ from prometheus_client import (
     generate_latest,
     platform_collector,
     process_collector,
+    values,
 )
 
 # ``*_created`` series double the exposition size and no dashboard of ours reads them.
@@ -25,6 +26,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 process_collector.ProcessCollector(registry=REGISTRY)
 platform_collector.PlatformCollector(registry=REGISTRY)
 gc_collector.GCCollector(registry=REGISTRY)
+
+#: prometheus_client's multiprocess mode (values in shared files): callback gauges do not work.
+MULTIPROCESS: bool = bool(getattr(values.ValueClass, "_multiprocess", False))
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -16,6 +17,7 @@ from shoal._asgi import KNOWN_METHODS, valid_request_id
 from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
 from shoal._context import (
     RequestScope,
+    TraceContext,
     continue_trace,
     enter_request,
     new_trace_id,
@@ -70,13 +72,22 @@ class ShoalWSGIMiddleware:
             return self._probe(path, start_response)
 
         chassis = self.chassis
-        trace = continue_trace(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_TRACESTATE"))
+        traceparent = environ.get("HTTP_TRACEPARENT")
         request_id = environ.get("HTTP_X_REQUEST_ID")
-        if not valid_request_id(request_id):
-            request_id = new_trace_id()
+        if traceparent is None and not valid_request_id(request_id):
+            # The common case (an edge request): one random draw for trace, span and request id.
+            ids = os.urandom(40).hex()
+            trace = TraceContext(trace_id=ids[:32], span_id=ids[32:48])
+            request_id = ids[48:]
+        else:
+            trace = continue_trace(traceparent, environ.get("HTTP_TRACESTATE"))
+            if not valid_request_id(request_id):
+                request_id = new_trace_id()
         assert request_id is not None
         start = time.perf_counter()
-        deadline = parse_deadline_ms(environ.get("HTTP_X_SHOAL_DEADLINE_MS"), time.monotonic())
+        deadline_ms = environ.get("HTTP_X_SHOAL_DEADLINE_MS")
+        deadline = None if deadline_ms is None else parse_deadline_ms(deadline_ms,
+                                                                       time.monotonic())
         scope = enter_request(trace, request_id, deadline)
         status = [500]
 
