@@ -10,6 +10,21 @@ from shoal._errors import ConfigurationError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``shoal``: the platform's CLI when installed, else just ``shoal serve``."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "serve":
+        try:
+            from shoal.platform.cli import main as platform_main  # noqa: PLC0415
+        except ImportError:
+            pass
+        else:
+            sys.argv = ["shoal", *args]
+            platform_main()
+            return 0
+    return serve_main(args)
+
+
+def serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="shoal", description="Shoal microservice platform.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import socket
 import sys
 import time
 from types import FrameType
@@ -114,7 +115,17 @@ def serve_asgi(app: Any, settings: Settings) -> None:
         timeout_keep_alive=5,
         backlog=2048,
     )
-    DrainingServer(config).run()
+    server = DrainingServer(config)
+    if os.environ.get("SHOAL_REUSE_PORT") == "1":
+        # Several replicas share one listening port (the platform's gateway replicas); the
+        # kernel spreads connections across them.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.host, settings.port))
+        server.run(sockets=[sock])
+    else:
+        server.run()
 
 
 def serve_wsgi(app: Any, settings: Settings, threads: int) -> None:

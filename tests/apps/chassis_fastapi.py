@@ -66,7 +66,9 @@ async def ctx() -> dict[str, object]:
 
 
 chassis = shoal.fastapi.instrument(app, service=os.environ.get("SHOAL_SERVICE", "fastapi-test"))
-_not_ready = os.environ.get("TEST_NOT_READY_FILE")
+# "{instance}" in the path lets a test fail one replica's readiness.
+_not_ready = os.environ.get("TEST_NOT_READY_FILE", "").format(
+    instance=os.environ.get("SHOAL_INSTANCE", ""))
 
 
 def marker_absent() -> bool:

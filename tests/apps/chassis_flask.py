@@ -68,7 +68,9 @@ def ctx() -> dict[str, object]:
 
 
 chassis = shoal.flask.instrument(app, service=os.environ.get("SHOAL_SERVICE", "flask-test"))
-_not_ready = os.environ.get("TEST_NOT_READY_FILE")
+# "{instance}" in the path lets a test fail one replica's readiness.
+_not_ready = os.environ.get("TEST_NOT_READY_FILE", "").format(
+    instance=os.environ.get("SHOAL_INSTANCE", ""))
 
 
 def marker_absent() -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from shoal._errors import ConfigurationError
 from shoal.discovery._base import Resolver
+from shoal.discovery._local import parse_local
 from shoal.discovery._static import SETTING, parse_static
 
 #: ``factory(config)`` receives the whole setting, scheme included.
@@ -14,6 +15,7 @@ ResolverFactory = Callable[[str], Resolver]
 
 _SCHEMES: dict[str, ResolverFactory] = {
     "static": lambda config: parse_static(config.partition(":")[2]),
+    "local": parse_local,
 }
 
 

@@ -1,0 +1,118 @@
+"""The control plane's HTTP API (loopback only, bearer token): registry, fleet operations.
+
+Errors are problem+json. ``GET /v1/services/{name}?index=N&wait=S`` is a blocking query: it
+answers once the registry index passes N (or after S seconds), so clients keep a pushed table.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from shoal._problem import PROBLEM_CONTENT_TYPE, problem_body
+
+if TYPE_CHECKING:
+    from shoal.platform.controlplane import ControlPlane
+
+MAX_WAIT = 60.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(status: int, detail: str, **extra: Any) -> web.Response:
+    return web.Response(status=status, body=problem_body(status, detail=detail, extra=extra),
+                        content_type=PROBLEM_CONTENT_TYPE.split(";")[0],
+                        headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+
+
+def _json(data: Any, status: int = 200, index: int | None = None) -> web.Response:
+    headers = {"X-Shoal-Index": str(index)} if index is not None else None
+    return web.json_response(data, status=status, headers=headers,
+                             dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+def build_api(cp: ControlPlane) -> web.Application:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), cp.token):
+            return problem(401, "A bearer token is required: the fleet's token is in "
+                                f"{cp.state.token_path}.")
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            return problem(exc.status, exc.reason or "error")
+
+    app = web.Application(middlewares=[auth])
+    routes = web.RouteTableDef()
+
+    def service_or_404(request: web.Request) -> str:
+        name = request.match_info["name"]
+        if name not in cp.supervisors:
+            raise web.HTTPNotFound(reason=f"no service {name!r} in this fleet")
+        return name
+
+    @routes.get("/v1/status")
+    async def status(_: web.Request) -> web.Response:
+        return _json(cp.status(), index=cp.registry.index)
+
+    @routes.get("/v1/services/{name}")
+    async def service(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            after = int(request.query.get("index", "0"))
+            wait = min(MAX_WAIT, float(request.query.get("wait", "0")))
+        except ValueError:
+            return problem(400, "index must be an integer and wait a number of seconds")
+        index = cp.registry.index
+        if after and wait > 0:
+            index = await cp.registry.wait(after, wait)
+        return _json(cp.service_view(name), index=index)
+
+    async def body_json(request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        try:
+            data = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(reason="the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(reason="the body must be a JSON object")
+        return data
+
+    @routes.post("/v1/services/{name}/scale")
+    async def scale(request: web.Request) -> web.Response:
+        name = service_or_404(request)
+        replicas = (await body_json(request)).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 100:
+            return problem(422, "replicas must be an integer from 0 to 100")
+        await cp.scale(name, replicas)
+        return _json(cp.service_view(name), index=cp.registry.index)
+
+    @routes.post("/v1/services/{name}/rollout")
+    async def rollout(request: web.Request) -> web.Response:
+        name = service_or_404(request)
+        error = await cp.rollout(name, reload_spec=True)
+        if error:
+            return problem(409, error)
+        return _json(cp.service_view(name), index=cp.registry.index)
+
+    @routes.post("/v1/services/{name}/restart")
+    async def restart(request: web.Request) -> web.Response:
+        name = service_or_404(request)
+        error = await cp.rollout(name, reload_spec=False)
+        if error:
+            return problem(409, error)
+        return _json(cp.service_view(name), index=cp.registry.index)
+
+    @routes.post("/v1/shutdown")
+    async def shutdown(_: web.Request) -> web.Response:
+        cp.request_shutdown()
+        return _json({"status": "stopping"}, status=202)
+
+    app.add_routes(routes)
+    return app

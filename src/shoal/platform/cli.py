@@ -1,0 +1,237 @@
+"""The ``shoal`` command: run a fleet locally, operate it, serve one service.
+
+``--json`` output (``shoal ps --json``) is stable: see docs/platform.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shoal._errors import ConfigurationError
+from shoal.platform._apiclient import ControlClient
+from shoal.platform._state import PlatformError, StateDir
+from shoal.platform.spec import SpecError, load_spec
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Shoal: run a system of Python microservices on one machine.")
+console = Console()
+err = Console(stderr=True)
+
+StateOpt = Annotated[Path, typer.Option("--state-dir", help="fleet state directory",
+                                        envvar="SHOAL_STATE_DIR")]
+DEFAULT_STATE = Path(".shoal")
+DEFAULT_SPEC = Path("shoal.yaml")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _client(state_dir: Path, timeout: float = 10.0) -> ControlClient:
+    try:
+        return ControlClient(StateDir(state_dir), timeout=timeout)
+    except PlatformError as exc:
+        raise fail(str(exc)) from None
+
+
+def _print_event(kind: str, data: dict[str, Any]) -> None:
+    if kind == "control_started":
+        console.print(f"control plane on {data['url']}")
+    elif kind == "starting":
+        console.print(f"starting [bold]{data['service']}[/] x{data['replicas']} ...")
+    elif kind == "ready":
+        console.print(f"  [green]ready[/] {data['service']}: {', '.join(data['endpoints'])}")
+    elif kind == "failed":
+        err.print(f"[bold red]{data['instance']} {data['reason']}[/]; its last lines:")
+        for line in data["last_lines"]:
+            err.print(f"  | {line}", highlight=False, markup=False)
+    elif kind == "running":
+        _print_urls(data)
+        console.print("Ctrl-C (or `shoal down`) stops everything.")
+    elif kind == "stopping":
+        console.print("stopping the fleet ...")
+
+
+def _print_urls(status: dict[str, Any]) -> None:
+    console.print(f"[bold green]{status['system']} is up[/]")
+    if status.get("gateway"):
+        console.print(f"  gateway:       {status['gateway']}")
+    console.print(f"  control plane: {status['control']['url']}")
+    for svc in status["services"]:
+        console.print(f"  {svc['service']}: {', '.join(svc['endpoints'])}")
+
+
+@app.command()
+def up(
+    spec: Annotated[Path, typer.Argument(help="the fleet spec")] = DEFAULT_SPEC,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
+    state_dir: StateOpt = DEFAULT_STATE,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for --detach")] = 120.0,
+) -> None:
+    """Start every service of SPEC (dependencies first) and keep them running."""
+    try:
+        load_spec(spec)
+    except SpecError as exc:
+        raise fail(str(exc), 2) from None
+    if not detach:
+        from shoal.platform.controlplane import run_foreground  # noqa: PLC0415
+
+        try:
+            code = run_foreground(spec, state_dir, on_event=_print_event)
+        except (PlatformError, ConfigurationError) as exc:
+            raise fail(str(exc)) from None
+        raise typer.Exit(code)
+    _up_detached(spec, state_dir, timeout)
+
+
+def _up_detached(spec: Path, state_dir: Path, timeout: float) -> None:
+    state = StateDir(state_dir)
+    state.ensure()
+    previous = state.read_control()
+    log_path = state.path / "control.log"
+    with open(state.path / "control.out", "ab") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own module
+            [sys.executable, "-m", "shoal.platform.controlplane", str(spec), str(state_dir)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            tail = (state.path / "control.out").read_text(errors="replace").splitlines()[-15:]
+            raise fail(f"the fleet did not start (exit {code}); from "
+                       f"{state.path / 'control.out'}:\n" + "\n".join(tail))
+        control = state.read_control()
+        if control and control.get("pid") == proc.pid and control != previous:
+            try:
+                status = ControlClient(state).status()
+            except PlatformError:
+                status = None
+            if status and status["phase"] == "running":
+                _print_urls(status)
+                console.print(f"running in the background (pid {proc.pid}); `shoal down` "
+                              "stops it.")
+                return
+            if status and status["phase"] == "failed":
+                raise fail(f"{status['error']} (see {log_path}); stopping")
+        time.sleep(0.1)
+    raise fail(f"the fleet was not ready within {timeout:g}s; see {log_path}")
+
+
+@app.command()
+def down(state_dir: StateOpt = DEFAULT_STATE,
+         timeout: Annotated[float, typer.Option(help="seconds to wait")] = 60.0) -> None:
+    """Stop the fleet: drain and stop every replica, then the control plane."""
+    client = _client(state_dir)
+    try:
+        client.request("POST", "/v1/shutdown")
+    except PlatformError as exc:
+        raise fail(str(exc)) from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if StateDir(state_dir).read_control() is None and not _alive(client.pid):
+            console.print("fleet stopped")
+            return
+        time.sleep(0.1)
+    raise fail(f"the control plane (pid {client.pid}) did not stop within {timeout:g}s")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours (a test's Popen) is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@app.command()
+def ps(state_dir: StateOpt = DEFAULT_STATE,
+       as_json: Annotated[bool, typer.Option("--json", help="stable JSON output")] = False) -> None:
+    """List services and their replicas with state, pid, port, uptime and restarts."""
+    status = _client(state_dir).status()
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    table = Table(title=f"{status['system']} ({status['phase']})")
+    for col in ("SERVICE", "INSTANCE", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "VERSION"):
+        table.add_column(col)
+    for svc in status["services"]:
+        for inst in svc["instances"]:
+            color = {"ready": "green", "crash-loop": "red", "failed": "red"}.get(inst["state"],
+                                                                                "yellow")
+            table.add_row(svc["service"], inst["id"], f"[{color}]{inst['state']}[/]",
+                          str(inst["pid"] or "-"), str(inst["port"]),
+                          f"{inst['uptime_s']:.0f}s", str(inst["restarts"]),
+                          str(inst["version"]))
+        if not svc["instances"]:
+            table.add_row(svc["service"], "-", "no replicas", "", "", "", "", "")
+    console.print(table)
+
+
+@app.command()
+def scale(service: str, replicas: int, state_dir: StateOpt = DEFAULT_STATE) -> None:
+    """Run REPLICAS replicas of SERVICE (new ones start; the newest stop first)."""
+    try:
+        view = _client(state_dir, timeout=120).request(
+            "POST", f"/v1/services/{service}/scale", {"replicas": replicas})
+    except PlatformError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{service}: {len(view['instances'])} replicas")
+
+
+def _rolling(service: str, state_dir: Path, action: str) -> None:
+    try:
+        view = _client(state_dir, timeout=600).request("POST", f"/v1/services/{service}/{action}")
+    except PlatformError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{service}: version {view['version']} on "
+                  f"{', '.join(i['id'] for i in view['instances'])}")
+
+
+@app.command()
+def rollout(service: str, state_dir: StateOpt = DEFAULT_STATE) -> None:
+    """Roll SERVICE to the spec file's current definition: surge 1, unavailable 0."""
+    _rolling(service, state_dir, "rollout")
+
+
+@app.command()
+def restart(service: str, state_dir: StateOpt = DEFAULT_STATE) -> None:
+    """Restart SERVICE's replicas one at a time (a rolling restart: no downtime)."""
+    _rolling(service, state_dir, "restart")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(ctx: typer.Context) -> None:
+    """Serve one app: ``shoal serve MODULE:APP [--port N]`` (see ``shoal serve --help``)."""
+    from shoal._cli import serve_main  # noqa: PLC0415
+
+    raise typer.Exit(serve_main(["serve", *ctx.args]))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

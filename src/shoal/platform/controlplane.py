@@ -1,0 +1,316 @@
+"""The control plane ``shoal up`` runs: supervisor, registry and HTTP API for one fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from shoal._errors import ShoalError
+from shoal._logging import JsonFormatter, get_logger, set_identity
+from shoal.platform._api import build_api
+from shoal.platform._registry import READY, Registry
+from shoal.platform._replica import Launch, LineSink, serve_argv
+from shoal.platform._state import PlatformError, StateDir
+from shoal.platform._supervisor import RolloutError, ServiceSupervisor
+from shoal.platform.spec import GATEWAY_SERVICE, Service, Spec, load_spec
+
+log = get_logger("shoal.platform")
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fleet_services(spec: Spec) -> dict[str, Service]:
+    """The spec's services plus the gateway (a service like the others) when it has one."""
+    services = dict(spec.services)
+    if spec.gateway is not None:
+        services[GATEWAY_SERVICE] = Service(
+            app="shoal.platform.gateway:app",
+            interface="asgi",
+            replicas=spec.gateway.replicas,
+            depends_on=sorted({r.service for r in spec.gateway.routes}),
+        )
+    return services
+
+
+def start_waves(services: dict[str, Service]) -> list[list[str]]:
+    remaining = {name: set(svc.depends_on) for name, svc in services.items()}
+    waves: list[list[str]] = []
+    done: set[str] = set()
+    while remaining:
+        wave = sorted(n for n, deps in remaining.items() if deps <= done)
+        waves.append(wave)
+        done.update(wave)
+        for n in wave:
+            del remaining[n]
+    return waves
+
+
+class ControlPlane:
+    """Runs a fleet from ``spec`` until :meth:`request_shutdown` (or SIGTERM/SIGINT)."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        spec_path: Path,
+        state_dir: Path,
+        *,
+        port: int | None = None,
+        on_event: EventSink | None = None,
+        on_line: LineSink | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.spec_path = spec_path.resolve()
+        self.state = StateDir(state_dir.resolve())
+        self.host = spec.control.host
+        self.port = spec.control.port if port is None else port
+        self.on_event = on_event or (lambda kind, data: None)
+        self.on_line = on_line
+        self.cwd = (cwd or Path.cwd()).resolve()
+        self.registry = Registry()
+        self.supervisors: dict[str, ServiceSupervisor] = {}
+        self.token = ""
+        self.phase = "starting"
+        self.error: str | None = None
+        self.started_at = time.time()
+        self._shutdown = asyncio.Event()
+        self._used_ports: set[int] = set()
+
+    # -- configuration of replicas -----------------------------------------------------------
+
+    def _allocate_port(self) -> int:
+        while True:
+            port = free_port()
+            if port not in self._used_ports:
+                self._used_ports.add(port)
+                return port
+
+    def _launch_for(self, name: str) -> Callable[[Service], Launch]:
+        def launch(service: Service) -> Launch:
+            env = dict(os.environ)
+            env.update({
+                "SHOAL_SERVICE": name,
+                "SHOAL_HOST": "127.0.0.1",
+                "SHOAL_DISCOVERY": f"local+http://{self.host}:{self.port}",
+                "SHOAL_CONTROL_TOKEN": self.token,
+                "SHOAL_DRAIN_GRACE": str(service.drain_grace),
+                "PYTHONUNBUFFERED": "1",
+            })
+            if self.spec.control.chaos:
+                env["SHOAL_CHAOS"] = "1"
+            if name == GATEWAY_SERVICE:
+                env["SHOAL_GATEWAY_SPEC"] = str(self.spec_path)
+                env["SHOAL_REUSE_PORT"] = "1"
+            env.update(service.env)
+            return Launch(argv=serve_argv(service), env=env, cwd=str(self.cwd))
+
+        return launch
+
+    # -- views ---------------------------------------------------------------------------
+
+    def service_view(self, name: str) -> dict[str, Any]:
+        now = time.time()
+        sup = self.supervisors.get(name)
+        return {
+            "service": name,
+            "desired": self.registry.desired(name),
+            "version": sup.version if sup else 0,
+            "endpoints": self.registry.endpoints(name),
+            "instances": [r.as_dict(now) for r in self.registry.instances(name)],
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "system": self.spec.system,
+            "phase": self.phase,
+            "error": self.error,
+            "control": {"url": f"http://{self.host}:{self.port}", "pid": os.getpid(),
+                        "spec": str(self.spec_path), "state_dir": str(self.state.path),
+                        "started_at": round(self.started_at, 3)},
+            "gateway": (f"http://{self.spec.gateway.host}:{self.spec.gateway.port}"
+                        if self.spec.gateway else None),
+            "services": [self.service_view(n) for n in self.supervisors],
+        }
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def scale(self, name: str, replicas: int) -> None:
+        await self.supervisors[name].scale(replicas)
+        self.on_event("scaled", {"service": name, "replicas": replicas})
+
+    async def rollout(self, name: str, *, reload_spec: bool) -> str | None:
+        spec = None
+        if reload_spec and name != GATEWAY_SERVICE:
+            fresh = load_spec(self.spec_path)
+            spec = fleet_services(fresh).get(name)
+        try:
+            await self.supervisors[name].rollout(spec)
+        except RolloutError as exc:
+            return str(exc)
+        self.on_event("rolled_out", {"service": name})
+        return None
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    # -- run -----------------------------------------------------------------------------
+
+    def _preflight(self) -> None:
+        if not port_free(self.host, self.port):
+            raise PlatformError(
+                f"port {self.port} on {self.host} is already in use, so the control plane "
+                "cannot listen there: stop what uses it, or set control.port in the spec")
+        gw = self.spec.gateway
+        if gw is not None and not port_free(gw.host, gw.port):
+            raise PlatformError(
+                f"port {gw.port} on {gw.host} is already in use, so the gateway cannot "
+                "listen there: stop what uses it, or set gateway.port in the spec")
+
+    async def run(self) -> int:
+        """Start the fleet, serve until shutdown, stop everything. Returns an exit code."""
+        lock = self.state.lock()
+        try:
+            self._preflight()
+            self.token = self.state.new_token()
+            return await self._run()
+        finally:
+            self.state.clear_control()
+            lock.close()
+
+    async def _run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_shutdown)
+        runner = web.AppRunner(build_api(self), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self.state.write_control({"pid": os.getpid(), "host": self.host, "port": self.port,
+                                  "spec": str(self.spec_path), "system": self.spec.system,
+                                  "started_at": self.started_at})
+        self.on_event("control_started", {"url": f"http://{self.host}:{self.port}"})
+        code = 0
+        async with aiohttp.ClientSession() as http:
+            try:
+                code = await self._start_fleet(http)
+                if code == 0:
+                    self.phase = "running"
+                    self.on_event("running", self.status())
+                    await self._shutdown.wait()
+            finally:
+                self.phase = "stopping"
+                self.on_event("stopping", {})
+                await self._stop_fleet()
+                await runner.cleanup()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+                self.on_event("stopped", {})
+        return code
+
+    async def _start_fleet(self, http: aiohttp.ClientSession) -> int:
+        services = fleet_services(self.spec)
+        for name, service in services.items():
+            self.supervisors[name] = ServiceSupervisor(
+                name, service, self._launch_for(name), self.registry, http,
+                allocate_port=self._allocate_port, on_line=self.on_line)
+        for wave in start_waves(services):
+            started = {name: await self.supervisors[name].start() for name in wave}
+            for name in wave:
+                self.on_event("starting", {"service": name, "replicas": len(started[name])})
+            waits = [self.supervisors[n].wait_ready(started[n], services[n].probes.startup_timeout)
+                     for n in wave]
+            shutdown = asyncio.ensure_future(self._shutdown.wait())
+            gathered = asyncio.ensure_future(asyncio.gather(*waits))
+            await asyncio.wait([shutdown, gathered],  # type: ignore[type-var]
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not gathered.done():
+                gathered.cancel()
+                return 130
+            shutdown.cancel()
+            failed = next((r for r in gathered.result() if r is not None), None)
+            if failed is not None:
+                self.phase = "failed"
+                self.error = f"replica {failed.record.id} {failed.failure}"
+                self.on_event("failed", {"instance": failed.record.id, "reason": failed.failure,
+                                         "last_lines": list(failed.lines)[-15:]})
+                return 1
+            for name in wave:
+                self.on_event("ready", {"service": name,
+                                        "endpoints": self.registry.endpoints(name)})
+        return 0
+
+    async def _stop_fleet(self) -> None:
+        # Stop in reverse start order: the gateway first, the dependencies last.
+        services = fleet_services(self.spec)
+        for wave in reversed(start_waves(services)):
+            await asyncio.gather(*(self.supervisors[n].stop() for n in wave
+                                   if n in self.supervisors))
+
+
+def ready_count(view: dict[str, Any]) -> int:
+    return sum(1 for i in view["instances"] if i["state"] == READY)
+
+
+def _log_to(path: Path) -> None:
+    """The control plane's own JSON log lines go to ``path`` (the console stays readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    set_identity(service="shoal-control", instance=f"control-{os.getpid()}")
+
+
+def run_foreground(spec_path: Path, state_dir: Path, *, on_event: EventSink | None = None,
+                   port: int | None = None) -> int:
+    """Load the spec and run the control plane in this process until it is stopped."""
+    spec = load_spec(spec_path)
+    _log_to(state_dir / "control.log")
+    cp = ControlPlane(spec, spec_path, state_dir, port=port, on_event=on_event)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(cp.run())
+    return 130
+
+
+def _print_failure(kind: str, data: dict[str, Any]) -> None:
+    # Detached: stdout is .shoal/control.out, which `shoal up --detach` shows on failure.
+    if kind == "failed":
+        print(f"{data['instance']} {data['reason']}; its last lines:", flush=True)
+        for line in data["last_lines"]:
+            print(f"  | {line}", flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover - `shoal up --detach` runs this
+    try:
+        sys.exit(run_foreground(Path(sys.argv[1]), Path(sys.argv[2]), on_event=_print_failure))
+    except ShoalError as exc:
+        print(f"error: {exc}", flush=True)
+        sys.exit(1)

@@ -1,0 +1,132 @@
+"""Fleets started with the real ``shoal`` CLI from spec files the tests write."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.testing import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def shoal(*args: str, timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shoal", *args], capture_output=True, text=True,
+        timeout=timeout, cwd=cwd, check=False,
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes in process group ``pgid`` (a replica and any worker it forked)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().split(")")[-1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Fleet:
+    def __init__(self, spec_path: Path, state_dir: Path, port: int) -> None:
+        self.spec_path = spec_path
+        self.state_dir = state_dir
+        self.port = port
+        self.seen_pids: set[int] = set()
+
+    @property
+    def token(self) -> str:
+        return (self.state_dir / "token").read_text().strip()
+
+    def api(self, method: str, path: str, body: Any = None, token: str | None = None,
+            timeout: float = 60) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
+                                     method=method)
+        if token is not False:
+            req.add_header("Authorization", f"Bearer {token or self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.api("GET", "/v1/status")
+        assert code == 200, body
+        for svc in body["services"]:
+            self.seen_pids.update(i["pid"] for i in svc["instances"] if i["pid"])
+        return body
+
+    def service(self, name: str) -> dict[str, Any]:
+        return next(s for s in self.status()["services"] if s["service"] == name)
+
+    def control_pid(self) -> int:
+        return int(json.loads((self.state_dir / "control.json").read_text())["pid"])
+
+
+def write_spec(tmp: Path, body: str, port: int) -> Path:
+    path = tmp / "shoal.yaml"
+    path.write_text(f"system: test\ncontrol:\n  port: {port}\n{body}")
+    return path
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator[Callable[[str], Fleet]]:
+    fleets: list[Fleet] = []
+
+    def start(body: str) -> Fleet:
+        port = free_port()
+        spec = write_spec(tmp_path, body, port)
+        state = tmp_path / ".shoal"
+        result = shoal("up", str(spec), "--detach", "--state-dir", str(state))
+        assert result.returncode == 0, result.stdout + result.stderr
+        fleet = Fleet(spec, state, port)
+        fleets.append(fleet)
+        fleet.status()
+        return fleet
+
+    yield start
+    for fleet in fleets:
+        if (fleet.state_dir / "control.json").exists():
+            pid = fleet.control_pid()
+            shoal("down", "--state-dir", str(fleet.state_dir))
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        for pid in fleet.seen_pids:
+            for child in group_pids(pid):
+                os.kill(child, signal.SIGKILL)
