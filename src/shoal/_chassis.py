@@ -69,6 +69,7 @@ class Chassis:
         self.instance = self.settings.instance
         self._checks: dict[str, ReadinessCheck] = {}
         self._draining = False
+        self._drain_hooks: list[Callable[[], object]] = []
         self._lock = threading.Lock()
         self.in_flight = 0
         if _metrics.MULTIPROCESS:
@@ -162,10 +163,24 @@ class Chassis:
 
     # -- drain -------------------------------------------------------------------------------
 
+    def on_drain(self, hook: Callable[[], object]) -> None:
+        """Call ``hook()`` first thing when the drain starts (e.g. leave the registry).
+
+        Hooks run in registration order on the thread that starts the drain, before the drain
+        delay; they should be bounded (seconds at most). An exception is logged, not raised.
+        """
+        self._drain_hooks.append(hook)
+
     def begin_drain(self) -> None:
-        """Fail readiness from now on; in-flight and new requests are still served."""
+        """Fail readiness from now on and run the :meth:`on_drain` hooks; in-flight and new
+        requests are still served."""
         if not self._draining:
             self._draining = True
+            for hook in self._drain_hooks:
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - one failing hook must not stop the drain
+                    _log.exception("drain.hook_failed", hook=getattr(hook, "__qualname__", "?"))
             self._ready_gauge.set(0)
             _log.info("drain.started", in_flight=self.in_flight,
                       grace_s=self.settings.drain_grace)

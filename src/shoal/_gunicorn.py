@@ -11,6 +11,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.workers.gthread import ThreadWorker
 
 from shoal._logging import configure_logging
+from shoal._registration import bound_port, start_registration
 from shoal._serve import wait_drained
 from shoal._settings import Settings
 
@@ -31,6 +32,16 @@ class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
             stop(sig, frame)
 
         threading.Thread(target=drain, name="shoal-drain", daemon=True).start()
+
+    def run(self) -> None:
+        # In the worker, where requests and the drain happen (threads do not survive fork).
+        settings = Settings.from_env()
+        registrar = start_registration(settings, port=bound_port(self.sockets, settings.port))
+        try:
+            super().run()
+        finally:
+            if registrar is not None:
+                registrar.close()
 
 
 class JsonGunicornLogger(GunicornLogger):  # type: ignore[misc]

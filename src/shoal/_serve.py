@@ -23,6 +23,7 @@ from typing import Any, Literal
 from shoal._chassis import Chassis, instances
 from shoal._errors import ConfigurationError
 from shoal._logging import configure_logging, get_logger
+from shoal._registration import Registrar, bound_port, start_registration
 from shoal._settings import Settings
 
 Interface = Literal["auto", "asgi", "wsgi"]
@@ -83,6 +84,7 @@ def serve_asgi(app: Any, settings: Settings) -> None:
         """uvicorn, but SIGTERM drains first and the process then exits 0."""
 
         _drain_started = False
+        _shoal_registrar: Registrar | None = None
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self._drain_started:
@@ -97,9 +99,21 @@ def serve_asgi(app: Any, settings: Settings) -> None:
             await asyncio.to_thread(wait_drained, settings)
             self.should_exit = True
 
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            # Listening now (the real port is known even for PORT=0): join discovery, which
+            # registers once /readyz passes and leaves first thing in the drain.
+            listening = [s for server in self.servers for s in server.sockets]
+            port = bound_port(listening, settings.port)
+            self._shoal_registrar = start_registration(settings, port=port)
+
         async def serve(self, sockets: Any = None) -> None:
             self._shoal_loop = asyncio.get_running_loop()
-            await super().serve(sockets)
+            try:
+                await super().serve(sockets)
+            finally:
+                if self._shoal_registrar is not None:
+                    await asyncio.to_thread(self._shoal_registrar.close)
 
     config = uvicorn.Config(
         app,

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     """``SHOAL_DISCOVERY``: discovery backend for the client, e.g. ``static:users=http://...``."""
     readiness_timeout: float = Field(default=2.0, gt=0, le=60)
     """``SHOAL_READINESS_TIMEOUT``: seconds each readiness check may take."""
+    advertise_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+/?$")
+    """``SHOAL_ADVERTISE_URL``: the URL this instance registers in discovery (etcd), e.g.
+    ``http://10.0.0.7:8001``; default ``http://{SHOAL_HOST}:{PORT}``."""
+    registration_ttl: int = Field(default=10, ge=1, le=3600)
+    """``SHOAL_REGISTRATION_TTL``: seconds a registration outlives its last keep-alive (the
+    etcd lease TTL); renewed every third of it."""
 
     @classmethod
     def from_env(cls) -> Settings:

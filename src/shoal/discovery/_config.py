@@ -13,8 +13,23 @@ from shoal.discovery._static import SETTING, parse_static
 #: ``factory(config)`` receives the whole setting, scheme included.
 ResolverFactory = Callable[[str], Resolver]
 
+
+def _dns(config: str) -> Resolver:
+    from shoal.discovery._dns import parse_dns  # noqa: PLC0415 - dnspython: the client extra
+
+    return parse_dns(config)
+
+
+def _etcd(config: str) -> Resolver:
+    from shoal.discovery._etcd import etcd_resolver  # noqa: PLC0415 - only when selected
+
+    return etcd_resolver(config)
+
+
 _SCHEMES: dict[str, ResolverFactory] = {
+    "etcd": _etcd,  # etcd+http://host:port[,host:port...][/root]
     "static": lambda config: parse_static(config.partition(":")[2]),
+    "dns": _dns,
     "local": parse_local,
 }
 
