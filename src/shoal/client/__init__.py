@@ -31,10 +31,12 @@ from shoal.client._outlier import EjectionEvent, OutlierDetector, OutlierPolicy
 from shoal.client._retry import RetryBudget, RetryBudgetPolicy, RetryPolicy, parse_retry_after
 from shoal.client._sync import Client
 from shoal.client._transport import (
+    AsyncStreamingTransport,
     AsyncTransport,
     MockTransport,
     Request,
     Response,
+    StreamingResponse,
     SyncTransport,
     Timeouts,
 )
@@ -42,6 +44,7 @@ from shoal.client._upstream import Fallback
 
 __all__ = [
     "AsyncClient",
+    "AsyncStreamingTransport",
     "AsyncTransport",
     "Balancer",
     "BreakerPolicy",
@@ -65,6 +68,7 @@ __all__ = [
     "RetryBudgetPolicy",
     "RetryPolicy",
     "RoundRobinBalancer",
+    "StreamingResponse",
     "SyncTransport",
     "Timeouts",
     "UpstreamResetError",

@@ -3,9 +3,68 @@
 from __future__ import annotations
 
 import aiohttp
+from yarl import URL
 
-from shoal._errors import UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError
-from shoal.client._transport import Request, Response, Timeouts
+from shoal._errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResetError,
+    UpstreamTimeoutError,
+)
+from shoal.client._transport import Request, Response, StreamingResponse, Timeouts
+
+# A proxy forwards what its caller sent: aiohttp must not add its own defaults (an
+# Accept-Encoding the caller never sent would make the upstream compress for it).
+_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+
+def _translate(request: Request, exc: BaseException) -> UpstreamError:
+    """aiohttp's (and the OS's) errors as the transport errors of :mod:`._transport`."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamConnectError(
+            f"connect to {request.instance} timed out",
+            service=request.service,
+            instance=request.instance,
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(
+            f"cannot connect to {request.instance}: {exc.os_error}",
+            service=request.service,
+            instance=request.instance,
+        )
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeoutError(
+            f"{request.method} {request.url} timed out",
+            service=request.service,
+            instance=request.instance,
+        )
+    return UpstreamResetError(
+        f"connection to {request.instance} broke: {exc!r}",
+        service=request.service,
+        instance=request.instance,
+    )
+
+
+class _Body:
+    """The response body as an async iterator of chunks as they arrive (errors translated)."""
+
+    __slots__ = ("_content", "_request")
+
+    def __init__(self, content: aiohttp.StreamReader, request: Request) -> None:
+        self._content = content
+        self._request = request
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._content.readany()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _translate(self._request, exc) from exc
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 class AiohttpTransport:
@@ -62,30 +121,54 @@ class AiohttpTransport:
             ) as resp:
                 content = await resp.read()
                 return Response(resp.status, resp.headers, content, instance=request.instance)
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamConnectError(
-                f"connect to {request.instance} timed out",
-                service=request.service,
-                instance=request.instance,
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamConnectError(
-                f"cannot connect to {request.instance}: {exc.os_error}",
-                service=request.service,
-                instance=request.instance,
-            ) from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(
-                f"{request.method} {request.url} timed out",
-                service=request.service,
-                instance=request.instance,
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamResetError(
-                f"connection to {request.instance} broke: {exc!r}",
-                service=request.service,
-                instance=request.instance,
-            ) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _translate(request, exc) from exc
+
+    async def handle_async_stream(self, request: Request) -> StreamingResponse:
+        """Send ``request`` (its body from ``request.stream`` or ``request.body``) and return
+        once the response head has arrived; the body is read as the caller iterates.
+
+        The URL is used as given (already percent-encoded, never normalised), no default
+        headers are added and the body is passed through undecoded (no decompression).
+        ``request.timeout`` bounds the whole exchange, body included.
+        """
+        session = self._session or self._open()
+        timeout = (
+            self._default_timeout
+            if request.timeout is None
+            else self._client_timeout(request.timeout)
+        )
+        data = request.stream if request.stream is not None else request.body
+        try:
+            resp = await session.request(
+                request.method,
+                URL(request.url, encoded=True),
+                headers=request.headers,
+                data=data,
+                timeout=timeout,
+                allow_redirects=False,
+                skip_auto_headers=_NO_AUTO_HEADERS,
+                auto_decompress=False,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _translate(request, exc) from exc
+
+        async def close() -> None:
+            # A body read to the end gives the connection back to the pool; otherwise the
+            # connection is in an unknown state and is closed.
+            if resp.content.at_eof():
+                resp.release()
+            else:
+                resp.close()
+
+        return StreamingResponse(
+            resp.status,
+            resp.headers,
+            resp.raw_headers,
+            _Body(resp.content, request),
+            close,
+            instance=request.instance,
+        )
 
     async def aclose(self) -> None:
         """Close the pooled connections (idempotent)."""

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from shoal._errors import UpstreamError
+from shoal._errors import ConfigurationError, UpstreamError
 from shoal.client._balancer import BalancerName, Clock
 from shoal.client._breaker import BreakerPolicy
 from shoal.client._bulkhead import BulkheadPolicy
 from shoal.client._outlier import OutlierPolicy
 from shoal.client._retry import RetryBudgetPolicy, RetryPolicy
 from shoal.client._shell import ClientBase
-from shoal.client._transport import AsyncTransport, Response, Timeouts
+from shoal.client._transport import AsyncTransport, Response, StreamingResponse, Timeouts
 from shoal.client._upstream import Call, Fallback, Upstream, outcome_of
 from shoal.discovery import Resolver
 
@@ -122,6 +122,66 @@ class AsyncClient(ClientBase):
         finally:
             upstream.end_call(call, outcome)
 
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | AsyncIterable[bytes] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline the client enforces
+    ) -> StreamingResponse:
+        """Send ``method url`` streaming: return once the response head has arrived, with the
+        body still to be read (``async for chunk in response``); always ``await
+        response.aclose()``.
+
+        Same policies as :meth:`request` (balancing, outlier ejection, breaker, bulkhead,
+        deadline, budgeted retries). ``body`` is sent as it is produced when it is an async
+        iterable; such a body cannot be replayed, so the call is never retried. The call is
+        accounted (breaker, outlier detection, metrics, bulkhead slot) when the head arrives.
+        A 5xx answer raises :class:`UpstreamStatusError` (its body read, up to 64 KiB); the
+        other errors are those of :meth:`request`. Needs a transport with
+        ``handle_async_stream`` (the default aiohttp one has it).
+        """
+        handle = getattr(self._transport, "handle_async_stream", None)
+        if handle is None:
+            raise ConfigurationError("transport", "this transport cannot stream")
+        content: bytes | None = None
+        stream: AsyncIterable[bytes] | None = None
+        if body is None or isinstance(body, bytes):
+            content = body
+        else:
+            stream = body
+        upstream, call = self._new_call(
+            method, url, headers=headers, content=content, json=None, timeout=timeout
+        )
+        call.stream = stream
+        retry_statuses = self.settings.retry.retry_on_status
+        upstream.begin_call()
+        outcome = "cancelled"
+        try:
+            while True:
+                request = upstream.prepare_attempt(call)
+                delay: float | None
+                try:
+                    response: StreamingResponse = await handle(request)
+                except UpstreamError as exc:
+                    delay = upstream.after_error(call, exc)
+                else:
+                    if response.status >= 500 or response.status in retry_statuses:
+                        response, delay = await _settle_error(upstream, call, response)
+                    else:
+                        delay = upstream.after_response(call, response)
+                    if delay is None:
+                        outcome = "success" if response.status < 400 else "client_error"
+                        return response
+                await self._sleep(delay)
+        except UpstreamError as exc:
+            outcome = outcome_of(exc)
+            raise
+        finally:
+            upstream.end_call(call, outcome)
+
     async def get(
         self,
         url: str,
@@ -193,3 +253,43 @@ class AsyncClient(ClientBase):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+async def _one_chunk(content: bytes) -> AsyncIterator[bytes]:
+    if content:
+        yield content
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _settle_error(
+    upstream: Upstream, call: Call, response: StreamingResponse
+) -> tuple[StreamingResponse, float | None]:
+    """Read a retryable or 5xx answer's (small) body so the retry decision or the
+    :class:`UpstreamStatusError` has it; a final answer is handed back as a stream again."""
+    try:
+        error_body = await response.aread(_ERROR_BODY_LIMIT)
+    except UpstreamError:
+        error_body = b""
+    finally:
+        await response.aclose()
+    read = Response(response.status, response.headers, error_body, instance=response.instance)
+    delay = upstream.after_response(call, read)
+    if delay is not None:
+        return response, delay
+    final = _buffered(read, response.raw_headers)
+    final.attempts = call.attempt
+    return final, None
+
+
+def _buffered(response: Response, raw_headers: Sequence[tuple[bytes, bytes]]) -> StreamingResponse:
+    """A read answer presented as a stream again (a final 4xx the retry policy looked at)."""
+    return StreamingResponse(
+        response.status, response.headers, raw_headers, _one_chunk(response.content), _nothing,
+        instance=response.instance,
+    )

@@ -9,7 +9,7 @@ answer) and :class:`~shoal.UpstreamTimeoutError`, translated from the library's 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,9 +37,10 @@ class Timeouts:
 
 class Request:
     """One attempt: ``url`` is absolute (the instance's); ``timeout`` is the time left for
-    the whole attempt (``None``: unbounded)."""
+    the whole attempt (``None``: unbounded). ``stream``, when set, is a request body sent
+    chunk by chunk as it is produced (streaming transports only; it cannot be replayed)."""
 
-    __slots__ = ("body", "headers", "instance", "method", "service", "timeout", "url")
+    __slots__ = ("body", "headers", "instance", "method", "service", "stream", "timeout", "url")
 
     def __init__(
         self,
@@ -51,11 +52,13 @@ class Request:
         timeout: float | None,
         service: str,
         instance: str,
+        stream: AsyncIterable[bytes] | None = None,
     ) -> None:
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
+        self.stream = stream
         self.timeout = timeout
         #: For error messages: the logical service and the instance's base URL.
         self.service = service
@@ -124,12 +127,72 @@ class Response:
         return f"<Response {self.status} from {self.instance}{degraded}>"
 
 
+class StreamingResponse:
+    """An answer whose body has not been read yet: iterate it (``async for chunk in
+    response``) or :meth:`aread` it, then :meth:`aclose` (always; idempotent) to give the
+    connection back. ``raw_headers`` keeps repeated headers (``set-cookie``) as sent.
+
+    Reading raises :class:`~shoal.client.UpstreamResetError` when the connection breaks and
+    :class:`~shoal.UpstreamTimeoutError` when the read timeout or the deadline elapses.
+    """
+
+    __slots__ = ("_body", "_close", "attempts", "headers", "instance", "raw_headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        raw_headers: Sequence[tuple[bytes, bytes]],
+        body: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None]],
+        *,
+        instance: str | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.raw_headers = raw_headers
+        self._body = body
+        self._close = close
+        self.instance = instance
+        #: Attempts the call made (set by the client).
+        self.attempts = 0
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._body
+
+    async def aread(self, limit: int | None = None) -> bytes:
+        """The rest of the body (at most ``limit`` bytes: the remainder is discarded)."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self._body:
+            if limit is not None and size + len(chunk) > limit:
+                parts.append(chunk[: limit - size])
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Release the connection (a body not read to the end closes it)."""
+        await self._close()
+
+    def __repr__(self) -> str:
+        return f"<StreamingResponse {self.status} from {self.instance}>"
+
+
 class AsyncTransport(Protocol):
     """Sends one attempt; raises only the transport errors listed in the module docstring."""
 
     async def handle_async_request(self, request: Request) -> Response: ...
 
     async def aclose(self) -> None: ...
+
+
+class AsyncStreamingTransport(AsyncTransport, Protocol):
+    """An :class:`AsyncTransport` that can also stream: the request body from
+    ``request.stream`` and the response body to the caller as it arrives."""
+
+    async def handle_async_stream(self, request: Request) -> StreamingResponse: ...
 
 
 class SyncTransport(Protocol):

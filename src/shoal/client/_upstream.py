@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -71,7 +71,7 @@ from shoal.client._retry import (
     is_idempotent,
     parse_retry_after,
 )
-from shoal.client._transport import Request, Response, Timeouts
+from shoal.client._transport import Request, Response, StreamingResponse, Timeouts
 from shoal.discovery import Endpoint
 
 _log = get_logger("shoal.client")
@@ -175,6 +175,7 @@ class Call:
         "permit",
         "sent_at",
         "started",
+        "stream",
         "tried",
     )
 
@@ -193,6 +194,8 @@ class Call:
         self.path = path
         self.headers = headers
         self.body = body
+        #: A streamed request body: consumed by the first attempt, so never retried.
+        self.stream: AsyncIterable[bytes] | None = None
         #: Absolute ``time.monotonic()`` deadline: the request's, or the client's total.
         self.deadline = deadline
         #: Whether ``deadline`` comes from the incoming request (→ DeadlineExceededError).
@@ -330,6 +333,7 @@ class Upstream:
             timeout=left,
             service=self.name,
             instance=inst.url,
+            stream=call.stream,
         )
 
     def abort_attempt(self, call: Call) -> None:
@@ -357,7 +361,9 @@ class Upstream:
             call.tried = (inst,)
         return inst
 
-    def after_response(self, call: Call, response: Response) -> float | None:
+    def after_response(
+        self, call: Call, response: Response | StreamingResponse
+    ) -> float | None:
         """Account for an answer. Returns ``None`` when the call is done (the response is the
         result, or :class:`UpstreamStatusError` is raised for a final 5xx), else the delay
         before the retry."""
@@ -398,7 +404,7 @@ class Upstream:
         self, call: Call, error: UpstreamError, reason: str, retry_after: float | None
     ) -> float | None:
         policy = self._retry
-        if call.attempt >= policy.max_attempts:
+        if call.attempt >= policy.max_attempts or call.stream is not None:
             return None
         if retry_after is not None and retry_after > policy.max_retry_after:
             return None
@@ -472,13 +478,18 @@ class Upstream:
         )
 
 
-def _status_error(service: str, response: Response, attempts: int) -> UpstreamStatusError:
+def _status_error(
+    service: str, response: Response | StreamingResponse, attempts: int
+) -> UpstreamStatusError:
+    # A streamed answer reaches here with its body unread (the streaming shell reads error
+    # bodies first and hands a Response over).
+    content = response.content if isinstance(response, Response) else b""
     return UpstreamStatusError(
         f"{service} answered {response.status} after {attempts} attempt(s)",
         service=service,
         status=response.status,
         headers=response.headers,
-        body=response.content,
+        body=content,
         instance=response.instance,
         attempts=attempts,
     )

@@ -1,0 +1,347 @@
+"""The gateway in front of real backend processes: routing, hygiene, limits, auth, failures.
+
+One module-scoped fleet: ``users`` (2 replicas), ``orders`` and ``flaky`` (1 each), the
+gateway served by ``shoal serve shoal.platform.gateway:app`` with a spec written to a temp
+directory. Tests that kill or load things start their own fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jwt
+import psutil
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.integration._gateway import backend, gateway, request, start_all
+
+from shoal.platform.gateway import mint_token
+from shoal.testing import ServerProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+SECRET = "test-secret-of-at-least-32-bytes-length!"
+MAX_BODY = 300 * 1024 * 1024
+
+SPEC = """
+system: shop
+services:
+  users: {{app: "tests.apps.gateway_backend:app", replicas: 2}}
+  orders: {{app: "tests.apps.gateway_backend:app"}}
+  flaky: {{app: "tests.apps.gateway_backend:app"}}
+gateway:
+  max_body_bytes: {max_body}
+  routes:
+    - {{prefix: /api/users, service: users, rewrite: /users}}
+    - {{prefix: /api/orders, service: orders}}
+    - {{prefix: /files, service: users, rewrite: /, timeout: 60}}
+    - {{prefix: /slow, service: users, rewrite: /, timeout: 0.5}}
+    - {{prefix: /flaky, service: flaky, rewrite: /}}
+    - {{prefix: /readonly, service: users, rewrite: /, methods: [GET]}}
+    - prefix: /secure
+      service: users
+      rewrite: /
+      auth: {{secret_env: GW_TEST_SECRET, scopes: ["orders:read"]}}
+    - prefix: /rsa
+      service: users
+      rewrite: /
+      auth: {{algorithm: RS256, public_key_file: public.pem, issuer: shoal-test}}
+"""
+
+
+class Fleet:
+    def __init__(self, gw: ServerProcess, users: list[ServerProcess], orders: ServerProcess,
+                 private_pem: str) -> None:
+        self.gw = gw
+        self.users = users
+        self.orders = orders
+        self.private_pem = private_pem
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+    (tmp / "public.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    spec = tmp / "shoal.yaml"
+    spec.write_text(SPEC.format(max_body=MAX_BODY))
+    with contextlib.ExitStack() as stack:
+        users = [backend("users"), backend("users")]
+        orders, flaky = backend("orders"), backend("flaky")
+        start_all(stack, [*users, orders, flaky])
+        gw = gateway(spec, {"users": users, "orders": [orders], "flaky": [flaky]},
+                     GW_TEST_SECRET=SECRET)
+        start_all(stack, [gw])
+        yield Fleet(gw, users, orders, private_pem)
+
+
+def test_routes_by_longest_prefix_and_rewrites_the_prefix(fleet: Fleet) -> None:
+    users = request(fleet.gw.url, "GET", "/api/users/7?expand=orders&x=%2F")
+    assert users.status == 200
+    assert users.json()["path"] == "/users/7"
+    assert users.json()["query"] == "expand=orders&x=%2F"
+    assert users.json()["port"] in {str(s.port) for s in fleet.users}
+    orders = request(fleet.gw.url, "POST", "/api/orders/3", body=b'{"n": 1}',
+                     headers={"Content-Type": "application/json"})
+    assert orders.status == 200
+    assert orders.json()["path"] == "/api/orders/3"
+    assert orders.json()["port"] == str(fleet.orders.port)
+    assert orders.json()["body"] == '{"n": 1}'
+
+
+def test_unknown_path_is_a_404_problem(fleet: Fleet) -> None:
+    for path in ("/nope", "/api/usersx/1", "/"):
+        reply = request(fleet.gw.url, "GET", path)
+        assert reply.status == 404
+        assert reply.header("content-type") == "application/problem+json"
+        assert reply.json()["status"] == 404
+        assert reply.json()["request_id"] == reply.header("x-request-id")
+
+
+def test_method_outside_the_route_is_a_405_naming_allowed_methods(fleet: Fleet) -> None:
+    reply = request(fleet.gw.url, "DELETE", "/readonly/x")
+    assert reply.status == 405
+    assert reply.header("allow") == "GET"
+
+
+def test_request_headers_are_cleaned_and_forwarded_headers_set(fleet: Fleet) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    reply = request(fleet.gw.url, "GET", "/api/users/h", headers=[
+        ("Host", "shop.example"),
+        ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "secret"),
+        ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"),
+        ("Proxy-Authorization", "Basic eA=="),
+        ("Upgrade", "h2c"),
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("traceparent", f"00-{trace}-00f067aa0ba902b7-01"),
+        ("x-request-id", "rid-123"),
+        ("Cookie", "a=1"),
+        ("Cookie", "b=2"),
+        ("X-Custom", "kept"),
+    ])
+    assert reply.status == 200
+    seen = reply.json()["headers"]
+    for hop in ("x-hop", "keep-alive", "te", "proxy-authorization", "upgrade"):
+        assert hop not in seen, hop
+    assert seen.get("connection", "keep-alive") == "keep-alive"  # the gateway's own hop only
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 (FORWARDED_ALLOW_IPS), so the client is
+    # 203.0.113.9 and the chain is not extended with it twice.
+    assert seen["x-forwarded-for"] == "203.0.113.9"
+    plain = request(fleet.gw.url, "GET", "/api/users/h").json()["headers"]
+    assert plain["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == "shop.example"
+    assert seen["host"] != "shop.example"
+    assert seen["x-custom"] == "kept"
+    assert seen["cookie"] == "a=1; b=2"
+    # The trace continues (same trace id, the gateway's span as parent); the id is kept.
+    assert seen["traceparent"].split("-")[1] == trace
+    assert seen["traceparent"].split("-")[2] != "00f067aa0ba902b7"
+    assert seen["x-request-id"] == "rid-123" == reply.header("x-request-id")
+    assert 0 < int(seen["x-shoal-deadline-ms"]) <= 10_000
+
+
+def test_response_headers_drop_hop_by_hop_and_keep_repeats(fleet: Fleet) -> None:
+    reply = request(fleet.gw.url, "GET", "/files/cookies")
+    assert reply.status == 200
+    assert sorted(c.split(";")[0] for c in reply.all("set-cookie")) == ["a=1", "b=2"]
+    assert reply.header("x-secret-hop") is None
+    assert len(reply.all("x-request-id")) == 1
+    assert len(reply.all("date")) == 1
+
+
+def test_streams_a_large_download(fleet: Fleet) -> None:
+    reply = request(fleet.gw.url, "GET", "/files/download?chunks=64&size=65536")
+    assert reply.status == 200
+    assert len(reply.body) == 64 * 65536
+
+
+def test_streams_a_200_mb_upload_with_bounded_gateway_memory(fleet: Fleet) -> None:
+    size, chunk = 200 * 1024 * 1024, b"z" * (256 * 1024)
+    proc = psutil.Process(fleet.gw.pid)
+    before = proc.memory_info().rss
+    peak = [before]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        reply = request(fleet.gw.url, "POST", "/files/upload",
+                        body=(chunk for _ in range(size // len(chunk))), timeout=60)
+    finally:
+        done.set()
+        watcher.join()
+    assert reply.status == 200, reply.body
+    assert reply.json()["bytes"] == size
+    assert reply.json()["transfer_encoding"] == "chunked"
+    growth = peak[0] - before
+    assert growth < 40 * 1024 * 1024, f"gateway RSS grew by {growth / 2**20:.1f} MiB"
+
+
+def test_declared_body_over_the_limit_is_a_413_without_reading_it(fleet: Fleet) -> None:
+    reply = request(fleet.gw.url, "POST", "/files/upload",
+                    headers={"Content-Length": str(MAX_BODY + 1)})
+    assert reply.status == 413
+    assert reply.header("content-type") == "application/problem+json"
+
+
+def test_spent_route_timeout_is_a_504_problem(fleet: Fleet) -> None:
+    started = time.monotonic()
+    reply = request(fleet.gw.url, "GET", "/slow/slow?seconds=5")
+    assert reply.status == 504
+    assert reply.header("content-type") == "application/problem+json"
+    assert time.monotonic() - started < 3.0
+
+
+def test_open_breaker_is_a_503_problem_with_retry_after(fleet: Fleet) -> None:
+    statuses = []
+    for _ in range(60):
+        reply = request(fleet.gw.url, "GET", "/flaky/fail")
+        statuses.append(reply.status)
+        if reply.status == 503:
+            break
+    assert statuses[0] == 500  # the upstream's own error passes through until the breaker opens
+    assert reply.status == 503, statuses
+    assert reply.header("content-type") == "application/problem+json"
+    assert int(reply.header("retry-after") or 0) >= 1
+    assert "circuit" in reply.json()["detail"]
+
+
+def _token(**overrides: object) -> str:
+    args: dict[str, object] = {"subject": "ada", "scopes": ["orders:read"], "ttl": 60}
+    args.update(overrides)
+    return mint_token(SECRET, **args)  # type: ignore[arg-type]
+
+
+def test_bearer_auth_answers_401_and_403_problems(fleet: Fleet) -> None:
+    url = fleet.gw.url
+    missing = request(url, "GET", "/secure/x")
+    assert missing.status == 401
+    assert (missing.header("www-authenticate") or "").startswith("Bearer")
+    assert missing.header("content-type") == "application/problem+json"
+    wrong = mint_token("another-secret-that-is-32-bytes-long!!", subject="ada",
+                       scopes=["orders:read"], ttl=60)
+    expired = jwt.encode({"sub": "ada", "scope": "orders:read", "exp": int(time.time()) - 60},
+                         SECRET, algorithm="HS256")
+    for token in (wrong, "not-a-jwt", expired):
+        reply = request(url, "GET", "/secure/x", headers={"Authorization": f"Bearer {token}"})
+        assert reply.status == 401, token
+    forbidden = request(url, "GET", "/secure/x",
+                        headers={"Authorization": f"Bearer {_token(scopes=['users:read'])}"})
+    assert forbidden.status == 403
+    assert "insufficient_scope" in (forbidden.header("www-authenticate") or "")
+    ok = request(url, "GET", "/secure/x", headers={"Authorization": f"Bearer {_token()}"})
+    assert ok.status == 200
+    assert ok.json()["headers"]["authorization"].startswith("Bearer ")
+
+
+def test_rs256_route_verifies_with_the_public_key(fleet: Fleet) -> None:
+    good = mint_token("", subject="ada", scopes=[], ttl=60, algorithm="RS256",
+                      private_key=fleet.private_pem, issuer="shoal-test")
+    bad_issuer = mint_token("", subject="ada", scopes=[], ttl=60, algorithm="RS256",
+                            private_key=fleet.private_pem, issuer="someone-else")
+    hs = _token()
+    assert request(fleet.gw.url, "GET", "/rsa/x",
+                   headers={"Authorization": f"Bearer {good}"}).status == 200
+    for token in (bad_issuer, hs):  # an HS256 token never passes an RS256 route
+        assert request(fleet.gw.url, "GET", "/rsa/x",
+                       headers={"Authorization": f"Bearer {token}"}).status == 401
+
+
+def test_no_request_makes_the_gateway_connect_outside_the_registry(fleet: Fleet) -> None:
+    canary = socket.socket()
+    canary.bind(("127.0.0.1", 0))
+    canary.listen(16)
+    canary.setblocking(False)
+    port = canary.getsockname()[1]
+    target = f"127.0.0.1:{port}"
+    try:
+        attempts = [
+            ("GET", f"http://{target}/api/users/1", {}),          # absolute-form target
+            ("GET", "/api/users/1", {"Host": target}),
+            ("GET", "/api/users/1", {"X-Forwarded-Host": target}),
+            ("GET", f"/api/users@{target}/x", {}),
+            ("GET", f"/api/users//{target}/x", {}),
+            ("GET", f"/api/users/..%2F..%2F@{target}", {}),
+            ("GET", f"//{target}/api/users/1", {}),
+            ("CONNECT", target, {"Host": target}),
+        ]
+        for method, path, headers in attempts:
+            with contextlib.suppress(OSError):
+                request(fleet.gw.url, method, path, headers=headers, timeout=5)
+        with pytest.raises(BlockingIOError):
+            canary.accept()
+    finally:
+        canary.close()
+
+
+def test_a_killed_replica_causes_no_failed_get(tmp_path: Path) -> None:
+    spec = tmp_path / "shoal.yaml"
+    spec.write_text("system: s\nservices:\n  users: {app: 'x:y'}\ngateway:\n  routes:\n"
+                    "    - {prefix: /api/users, service: users, rewrite: /users}\n")
+    with contextlib.ExitStack() as stack:
+        replicas = start_all(stack, [backend("users"), backend("users")])
+        gw = start_all(stack, [gateway(spec, {"users": replicas})])[0]
+        statuses: list[int] = []
+        ports: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set() and len(statuses) < 3000:
+                reply = request(gw.url, "GET", "/api/users/1", timeout=10)
+                statuses.append(reply.status)
+                if reply.status == 200:
+                    ports.append(reply.json()["port"])
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(load) for _ in range(4)]
+            deadline = time.monotonic() + 20
+            while len(statuses) < 100 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            replicas[0].kill()
+            after = len(statuses)
+            while len(statuses) < after + 300 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stop.set()
+            for f in futures:
+                f.result()
+        assert len(statuses) >= after + 300
+        assert set(statuses) == {200}, [s for s in statuses if s != 200][:10]
+        assert ports[-50:] == [str(replicas[1].port)] * 50
+
+
+def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
+    spec = tmp_path / "shoal.yaml"
+    spec.write_text("system: s\nservices:\n  users: {app: 'x:y'}\ngateway:\n"
+                    "  rate_limit: {rate: 0.5, burst: 3}\n  routes:\n"
+                    "    - {prefix: /api/users, service: users}\n")
+    with contextlib.ExitStack() as stack:
+        replica = start_all(stack, [backend("users")])
+        gw = start_all(stack, [gateway(spec, {"users": replica})])[0]
+        statuses = [request(gw.url, "GET", "/api/users/1").status for _ in range(5)]
+        assert statuses[:3] == [200, 200, 200]
+        assert statuses[3:] == [429, 429]
+        reply = request(gw.url, "GET", "/api/users/1")
+        assert reply.status == 429
+        assert reply.header("content-type") == "application/problem+json"
+        assert 1 <= int(reply.header("retry-after") or 0) <= 2
+        assert free_port()  # the probes are not rate limited:
+        assert gw.get_status("/readyz") == 200
