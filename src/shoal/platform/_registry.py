@@ -56,6 +56,7 @@ class InstanceRecord:
             "restarts": self.restarts,
             "started_at": round(self.started_at, 3),
             "uptime_s": round(now - self.started_at, 1) if self.pid else 0.0,
+            "ready_since": round(self.ready_since, 6) if self.ready_since else None,
             "last_exit": self.last_exit,
             "version": self.version,
         }

@@ -1,0 +1,70 @@
+import asyncio
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shoal.platform._backoff import RestartBackoff
+from shoal.platform._registry import READY, UNREADY, InstanceRecord, Registry
+
+
+def test_restart_delay_doubles_up_to_the_maximum():
+    backoff = RestartBackoff(base=0.5, factor=2, maximum=4, reset_after=60)
+    backoff.started(0.0)
+    assert [backoff.delay(t) for t in (1.0, 2.0, 3.0, 4.0, 5.0)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def test_a_replica_that_stayed_up_starts_over_at_the_base_delay():
+    backoff = RestartBackoff(base=0.5, reset_after=60)
+    backoff.started(0.0)
+    backoff.delay(1.0)
+    backoff.delay(2.0)
+    backoff.started(3.0)
+    assert backoff.delay(100.0) == 0.5
+
+
+def test_crash_loop_needs_three_crashes_within_the_window():
+    backoff = RestartBackoff(loop_crashes=3, loop_window=60)
+    backoff.delay(0.0)
+    backoff.delay(10.0)
+    assert not backoff.crash_looping
+    backoff.delay(20.0)
+    assert backoff.crash_looping
+    backoff.delay(200.0)
+    assert not backoff.crash_looping
+
+
+@given(st.lists(st.floats(min_value=0, max_value=10_000), max_size=50))
+def test_delay_is_always_within_base_and_maximum(times):
+    backoff = RestartBackoff(base=0.5, maximum=30)
+    for t in sorted(times):
+        assert 0.5 <= backoff.delay(t) <= 30
+
+
+async def test_only_ready_instances_are_endpoints_and_every_change_bumps_the_index():
+    registry = Registry()
+    a = InstanceRecord(id="users-1", service="users", port=8001)
+    b = InstanceRecord(id="users-2", service="users", port=8002)
+    start = registry.index
+    await registry.upsert(a)
+    await registry.upsert(b)
+    assert registry.endpoints("users") == []
+    await registry.set_state("users-2", READY)
+    assert registry.endpoints("users") == ["http://127.0.0.1:8002"]
+    await registry.set_state("users-2", UNREADY)
+    assert registry.endpoints("users") == []
+    assert registry.index == start + 4
+
+
+async def test_blocking_query_returns_as_soon_as_something_changes():
+    registry = Registry()
+    index = registry.index
+    waiter = asyncio.create_task(registry.wait(index, 10))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await registry.upsert(InstanceRecord(id="x-1", service="x", port=1))
+    assert await asyncio.wait_for(waiter, 1) == index + 1
+
+
+async def test_blocking_query_times_out_with_the_same_index():
+    registry = Registry()
+    assert await registry.wait(registry.index, 0.05) == registry.index
