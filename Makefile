@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.shoal-synced
 PORT    ?= 8000
 
-.PHONY: venv run test lint typecheck pytest bench clean
+.PHONY: venv run demo test lint typecheck pytest bench clean
 
 ## venv: create/refresh .venv from uv.lock (a no-op when nothing changed)
 venv: $(STAMP)
@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml uv.lock
 	$(UV) sync --frozen --all-extras
 	@touch $(STAMP)
 
-## run: start the demo service (the reference shop replaces it once it exists)
+## run: start the reference shop (users x2, orders x2, gateway on :8080); Ctrl-C stops it
 run: venv
-	@echo "Shoal demo service on http://127.0.0.1:$(PORT)  (try /hello, /livez, /readyz, /metrics; Ctrl-C drains and stops)"
+	$(BIN)/shoal up examples/shop/shoal.yaml
+
+## demo: one instrumented service on $(PORT), no platform
+demo: venv
 	PORT=$(PORT) SHOAL_SERVICE=demo $(BIN)/shoal serve examples.demo.app:app
 
 ## test: lint, type-check, then the whole test suite

@@ -221,6 +221,53 @@ def restart(service: str, state_dir: StateOpt = DEFAULT_STATE) -> None:
     _rolling(service, state_dir, "restart")
 
 
+@app.command()
+def deploy(
+    target: Annotated[str, typer.Argument(help="docker, compose, k8s, ci or all")],
+    spec: Annotated[Path, typer.Option("--spec", "-f", help="the fleet spec")] = DEFAULT_SPEC,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("deploy"),
+) -> None:
+    """Generate deployment artefacts for TARGET from the spec (see docs/deploy.md)."""
+    from shoal.platform.deploy import generate  # noqa: PLC0415
+
+    if target not in ("docker", "compose", "k8s", "ci", "all"):
+        raise fail(f"unknown target {target!r}: use docker, compose, k8s, ci or all", 2)
+    try:
+        loaded = load_spec(spec)
+    except SpecError as exc:
+        raise fail(str(exc), 2) from None
+    written = generate(loaded, target, out, str(spec))  # type: ignore[arg-type]
+    console.print(f"wrote {len(written)} files under {out}/")
+
+
+@app.command()
+def token(  # noqa: PLR0917 - typer: one parameter per option
+    subject: Annotated[str, typer.Option(help="the token's sub claim")] = "dev",
+    scopes: Annotated[list[str] | None, typer.Option("--scope", help="a scope (repeatable)")
+                      ] = None,
+    ttl: Annotated[float, typer.Option(help="seconds until it expires")] = 3600.0,
+    secret_env: Annotated[str, typer.Option(help="env var holding the HS256 secret")
+                          ] = "SHOAL_JWT_SECRET",  # noqa: S107 - a variable name
+    algorithm: Annotated[str, typer.Option(help="HS256 or RS256")] = "HS256",
+    private_key: Annotated[Path | None, typer.Option(help="PEM private key for RS256")] = None,
+    audience: Annotated[str | None, typer.Option()] = None,
+    issuer: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Mint a development JWT the gateway's route auth accepts."""
+    from shoal.platform.gateway import mint_token  # noqa: PLC0415
+
+    key = private_key.read_text() if private_key else None
+    secret = os.environ.get(secret_env, "")
+    if algorithm == "HS256" and not secret:
+        raise fail(f"set {secret_env} to the HS256 secret the gateway route uses", 2)
+    try:
+        typer.echo(mint_token(secret or (key or ""), subject=subject, scopes=scopes or [],
+                              ttl=ttl, algorithm=algorithm, private_key=key,
+                              audience=audience, issuer=issuer))
+    except ConfigurationError as exc:
+        raise fail(str(exc), 2) from None
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve(ctx: typer.Context) -> None:
     """Serve one app: ``shoal serve MODULE:APP [--port N]`` (see ``shoal serve --help``)."""
