@@ -112,13 +112,24 @@ class ControlPlane:
                 self._used_ports.add(port)
                 return port
 
+    @property
+    def discovery(self) -> str:
+        """What replicas discover through: this registry, or the shared etcd of the spec.
+
+        With ``control.registry: etcd+http://...`` every replica registers itself in etcd
+        (readiness-gated, leased, removed first thing in its drain) and watches it, so fleets
+        on several hosts sharing that etcd see one another's services.
+        """
+        registry = self.spec.control.registry
+        return registry if registry.startswith("etcd+") else f"local+http://{self.host}:{self.port}"
+
     def _launch_for(self, name: str) -> Callable[[Service], Launch]:
         def launch(service: Service) -> Launch:
             env = dict(os.environ)
             env.update({
                 "SHOAL_SERVICE": name,
                 "SHOAL_HOST": "127.0.0.1",
-                "SHOAL_DISCOVERY": f"local+http://{self.host}:{self.port}",
+                "SHOAL_DISCOVERY": self.discovery,
                 "SHOAL_CONTROL_TOKEN": self.token,
                 "SHOAL_DRAIN_GRACE": str(service.drain_grace),
                 "PYTHONUNBUFFERED": "1",

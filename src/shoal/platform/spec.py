@@ -181,7 +181,8 @@ class Gateway(_Strict):
 class ControlPlane(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=7700, ge=0, le=65535)
-    #: ``local`` (in the control plane), or ``etcd+http://host:port[,...]``.
+    #: Where replicas discover each other: ``local`` (this control plane's registry), or
+    #: ``etcd+http://host:port[,...][/root]``, shared by every fleet that names it.
     registry: str = Field(default="local", pattern=r"^(local|etcd\+https?://\S+)$")
     #: Fault injection middleware in services (never in generated production manifests).
     chaos: bool = True
