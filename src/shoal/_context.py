@@ -1,4 +1,4 @@
-"""Per-request context: W3C trace context, request id and deadline, held in ``ContextVar``s.
+"""Per-request context: W3C trace context, request id and deadline, held in one ``ContextVar``.
 
 The service middleware sets them for each incoming request; app code reads them through
 :func:`current_trace`, :func:`current_request_id` and :func:`current_deadline`; the client
@@ -91,30 +91,45 @@ def continue_trace(traceparent: str | None, tracestate: str | None = None) -> Tr
     )
 
 
-_trace: ContextVar[TraceContext | None] = ContextVar("shoal_trace", default=None)
-_request_id: ContextVar[str | None] = ContextVar("shoal_request_id", default=None)
-# Absolute deadline on the time.monotonic() clock.
-_deadline: ContextVar[float | None] = ContextVar("shoal_deadline", default=None)
+class RequestContext:
+    """What one request carries: its trace, request id and absolute deadline (or ``None``).
+
+    One ``ContextVar`` holds it (one ``set``/``reset`` per request instead of three); a
+    :class:`deadline_scope` installs a copy with the shorter deadline."""
+
+    __slots__ = ("deadline", "request_id", "trace")
+
+    def __init__(
+        self, trace: TraceContext | None, request_id: str | None, deadline: float | None
+    ) -> None:
+        self.trace = trace
+        self.request_id = request_id
+        #: On the time.monotonic() clock.
+        self.deadline = deadline
+
+
+_EMPTY = RequestContext(None, None, None)
+_request: ContextVar[RequestContext] = ContextVar("shoal_request", default=_EMPTY)
 
 
 def current_trace() -> TraceContext | None:
     """The trace context of the request being handled, if any."""
-    return _trace.get()
+    return _request.get().trace
 
 
 def current_request_id() -> str | None:
     """The ``x-request-id`` of the request being handled, if any."""
-    return _request_id.get()
+    return _request.get().request_id
 
 
 def current_deadline() -> float | None:
     """The request's deadline on the ``time.monotonic()`` clock, if it has one."""
-    return _deadline.get()
+    return _request.get().deadline
 
 
 def remaining_time() -> float | None:
     """Seconds left before the current deadline (may be negative), or ``None`` without one."""
-    deadline = _deadline.get()
+    deadline = _request.get().deadline
     return None if deadline is None else deadline - time.monotonic()
 
 
@@ -129,29 +144,23 @@ def parse_deadline_ms(value: str | None, now: float) -> float | None:
     return now + ms / 1000.0
 
 
-@dataclass(slots=True)
 class RequestScope:
-    """Tokens to restore the context after a request; returned by :func:`enter_request`."""
+    """The token to restore the context after a request; returned by :func:`enter_request`."""
 
-    trace: Token[TraceContext | None]
-    request_id: Token[str | None]
-    deadline: Token[float | None]
+    __slots__ = ("_token",)
+
+    def __init__(self, token: Token[RequestContext]) -> None:
+        self._token = token
 
     def exit(self) -> None:
-        _deadline.reset(self.deadline)
-        _request_id.reset(self.request_id)
-        _trace.reset(self.trace)
+        _request.reset(self._token)
 
 
 def enter_request(
     trace: TraceContext, request_id: str, deadline: float | None
 ) -> RequestScope:
     """Make ``trace``, ``request_id`` and ``deadline`` current until ``scope.exit()``."""
-    return RequestScope(
-        trace=_trace.set(trace),
-        request_id=_request_id.set(request_id),
-        deadline=_deadline.set(deadline),
-    )
+    return RequestScope(_request.set(RequestContext(trace, request_id, deadline)))
 
 
 class deadline_scope:
@@ -161,18 +170,19 @@ class deadline_scope:
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
-        self._token: Token[float | None] | None = None
+        self._token: Token[RequestContext] | None = None
 
     def __enter__(self) -> float:
         proposed = time.monotonic() + self._seconds
-        existing = _deadline.get()
+        current = _request.get()
+        existing = current.deadline
         deadline = proposed if existing is None else min(existing, proposed)
-        self._token = _deadline.set(deadline)
+        self._token = _request.set(RequestContext(current.trace, current.request_id, deadline))
         return deadline
 
     def __exit__(self, *exc: object) -> None:
         assert self._token is not None
-        _deadline.reset(self._token)
+        _request.reset(self._token)
 
 
 def outgoing_headers(span_id: str | None = None, now: float | None = None) -> dict[str, str]:
@@ -182,15 +192,16 @@ def outgoing_headers(span_id: str | None = None, now: float | None = None) -> di
     ``traceparent`` (and ``tracestate``), ``x-request-id`` and the remaining deadline in ms.
     """
     headers: dict[str, str] = {}
-    trace = _trace.get()
+    ctx = _request.get()
+    trace = ctx.trace
     if trace is not None:
-        headers[TRACEPARENT] = trace.traceparent(span_id or new_span_id())
+        flags = "01" if trace.sampled else "00"
+        headers[TRACEPARENT] = f"00-{trace.trace_id}-{span_id or new_span_id()}-{flags}"
         if trace.tracestate:
             headers[TRACESTATE] = trace.tracestate
-    request_id = _request_id.get()
-    if request_id is not None:
-        headers[REQUEST_ID] = request_id
-    deadline = _deadline.get()
+    if ctx.request_id is not None:
+        headers[REQUEST_ID] = ctx.request_id
+    deadline = ctx.deadline
     if deadline is not None:
         left = deadline - (time.monotonic() if now is None else now)
         headers[DEADLINE_MS] = str(max(0, int(left * 1000)))

@@ -65,6 +65,7 @@ from shoal.client._bulkhead import Bulkhead, BulkheadPolicy
 from shoal.client._outlier import EjectionEvent, OutlierDetector, OutlierPolicy
 from shoal.client._retry import (
     IDEMPOTENCY_KEY,
+    IDEMPOTENT_METHODS,
     RetryBudget,
     RetryBudgetPolicy,
     RetryPolicy,
@@ -201,7 +202,8 @@ class Call:
         #: Whether ``deadline`` comes from the incoming request (→ DeadlineExceededError).
         self.deadline_bound = deadline_bound
         self.started = started
-        self.idempotent = is_idempotent(
+        # (The header scan only for methods that are not idempotent by themselves.)
+        self.idempotent = method in IDEMPOTENT_METHODS or is_idempotent(
             method,
             headers is not None
             and any(key.lower() == IDEMPOTENCY_KEY for key in headers),

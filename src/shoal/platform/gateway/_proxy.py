@@ -28,7 +28,7 @@ from shoal._errors import (
 from shoal._logging import get_logger
 from shoal._problem import PROBLEM_CONTENT_TYPE, problem_body
 from shoal.client import AsyncClient, BulkheadPolicy, StreamingResponse, Timeouts
-from shoal.client._aiohttp import AiohttpTransport
+from shoal.client._h1transport import H1Transport
 from shoal.discovery import Resolver
 from shoal.platform.gateway._auth import AuthError, TokenVerifier
 from shoal.platform.gateway._headers import forward_request_headers, forward_response_headers
@@ -162,7 +162,7 @@ class GatewayApp:
             # The route's timeout is each call's deadline; ``read`` bounds the wait for bytes.
             timeouts=Timeouts(connect=1.0, read=longest, total=longest),
             bulkhead=BulkheadPolicy(max_concurrent=4096),
-            transport=AiohttpTransport(
+            transport=H1Transport(
                 timeouts=Timeouts(connect=1.0, read=longest, total=longest),
                 max_connections=1024,
             ),
@@ -276,15 +276,19 @@ class GatewayApp:
     async def _relay(self, send: Send, response: StreamingResponse, route: MatchedRoute) -> None:
         try:
             iterator = response.__aiter__()
-            length = response.headers.get("content-length")
             headers = forward_response_headers(response.raw_headers)
+            length = None
+            for name, value in headers:  # (cheaper than decoding the headers mapping)
+                if name == b"content-length":
+                    length = value
+                    break
             try:
                 first = await iterator.__anext__()
             except StopAsyncIteration:
                 first = b""
                 done = True
             else:
-                done = length is not None and length == str(len(first))
+                done = length is not None and length == b"%d" % len(first)
             await send({"type": "http.response.start", "status": response.status,
                         "headers": headers})
             await send({"type": "http.response.body", "body": first, "more_body": not done})

@@ -1,0 +1,344 @@
+"""The lean async transport: HTTP/1.1 on raw asyncio protocols (httptools parser), pooled.
+
+Measured against aiohttp on the gateway's path (docs/benchmarks.md, "Gateway"): the request is
+one ``write``, the response is parsed in C straight from ``data_received``, connections are
+kept alive in a pool per instance, and one timer per exchange replaces per-call timeout
+objects. It implements the same seam as :class:`~shoal.client._aiohttp.AiohttpTransport`
+(``handle_async_request`` and ``handle_async_stream``), so every client policy applies.
+
+Errors are translated at the boundary: connect failures and connect timeouts →
+:class:`UpstreamConnectError`; the deadline or read timeout → :class:`UpstreamTimeoutError`;
+a connection that breaks (or a request body that fails) after sending →
+:class:`UpstreamResetError`, always ``raise ... from`` the original.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterator, Mapping
+from urllib.parse import urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from shoal._errors import (
+    ConfigurationError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResetError,
+    UpstreamTimeoutError,
+)
+from shoal.client._h1conn import ConnectionBroke, Exchange, H1Connection, request_head
+from shoal.client._transport import Request, Response, StreamingResponse, Timeouts
+
+# Methods whose request may be sent again on a new connection when a kept-alive one turns out
+# to have been closed by the server before answering (it never saw the request).
+_REPLAYABLE = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+
+class Pool:
+    """The connections to one instance: idle ones (most recently used last) and a count."""
+
+    __slots__ = ("count", "host", "hostport", "idle", "owner", "port", "prefix", "ssl")
+
+    def __init__(self, owner: H1Transport, instance: str) -> None:
+        parts = urlsplit(instance)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError("instance", f"expected http(s)://host[:port], got "
+                                                 f"{instance!r}")
+        self.owner = owner
+        self.ssl = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.ssl else 80)
+        self.hostport = parts.netloc.rpartition("@")[2]
+        self.prefix = parts.path.rstrip("/")
+        self.idle: list[H1Connection] = []
+        self.count = 0
+
+    def forget(self, conn: H1Connection) -> None:
+        """A connection closed: it no longer counts, and its slot may go to a waiter."""
+        if not conn.counted:
+            return  # still connecting: ``_connect`` accounts for it
+        conn.counted = False
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self.count -= 1
+        self.owner.slot_freed()
+
+
+class _Headers(Mapping[str, str]):
+    """The response headers, case-insensitive (``multidict``), decoded on first use: a proxy
+    that only relays ``raw_headers`` never pays for the mapping."""
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._decoded: CIMultiDictProxy[str] | None = None
+
+    def _headers(self) -> CIMultiDictProxy[str]:
+        if self._decoded is None:
+            self._decoded = CIMultiDictProxy(CIMultiDict(
+                [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self._raw]
+            ))
+        return self._decoded
+
+    def __getitem__(self, key: str) -> str:
+        return self._headers()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def getall(self, key: str) -> list[str]:
+        """Every value of ``key`` (``Set-Cookie``), in order."""
+        return self._headers().getall(key, [])
+
+    def __repr__(self) -> str:
+        return f"<Headers {list(self._headers().items())!r}>"
+
+
+class _Close:
+    """The response's ``aclose``: gives the connection back (or closes it) exactly once."""
+
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, conn: H1Connection, pool: Pool) -> None:
+        self._conn: H1Connection | None = conn
+        self._pool = pool
+
+    async def __call__(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.owner.release(conn, self._pool)
+
+
+class _Body:
+    """The response body with errors translated to the transport errors."""
+
+    __slots__ = ("_exchange", "_request")
+
+    def __init__(self, exchange: Exchange, request: Request) -> None:
+        self._exchange = exchange
+        self._request = request
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._exchange.__anext__()
+        except (ConnectionBroke, OSError, TimeoutError) as exc:
+            raise _translate(self._request, exc) from exc
+        except StopAsyncIteration:
+            raise
+        except Exception as exc:  # the request body's own error (the caller left ...)
+            raise _translate(self._request, exc) from exc
+
+
+def _translate(request: Request, exc: BaseException) -> UpstreamError:
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeoutError(f"{request.method} {request.url} timed out",
+                                    service=request.service, instance=request.instance)
+    return UpstreamResetError(f"connection to {request.instance} broke: {exc!r}",
+                              service=request.service, instance=request.instance)
+
+
+class H1Transport:
+    """Pooled HTTP/1.1 connections (see the module docstring).
+
+    ``max_connections`` bounds open connections in all (``0``: no bound) and
+    ``max_connections_per_instance`` per instance; a call finding the bound reached closes an
+    idle connection to another instance, or waits for one to be released (within its
+    timeout). Idle connections are closed after ``keepalive_expiry`` seconds unused (below
+    the servers' own keep-alive timeouts, so a request rarely meets a connection the server is
+    closing; a request that does, before any answer, is resent once on a new connection when
+    its method is idempotent and its body replayable).
+    """
+
+    def __init__(
+        self,
+        *,
+        timeouts: Timeouts | None = None,
+        max_connections: int = 100,
+        max_connections_per_instance: int = 0,
+        keepalive_expiry: float = 4.0,
+    ) -> None:
+        self._timeouts = timeouts or Timeouts()
+        self._limit = max_connections
+        self._per_instance = max_connections_per_instance
+        self._expiry = keepalive_expiry
+        self._pools: dict[str, Pool] = {}
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, idle ones included."""
+        return sum(pool.count for pool in self._pools.values())
+
+    async def handle_async_request(self, request: Request) -> Response:
+        """Send ``request`` and read the whole answer; errors as for :meth:`handle_async_stream`."""
+        streaming = await self.handle_async_stream(request)
+        try:
+            content = await streaming.aread()
+        finally:
+            await streaming.aclose()
+        return Response(streaming.status, streaming.headers, content,
+                        instance=request.instance)
+
+    async def handle_async_stream(self, request: Request) -> StreamingResponse:
+        """Send ``request`` (its body from ``request.stream`` or ``request.body``) and return
+        once the response head has arrived; the body is read as the caller iterates.
+
+        The URL's path and query are sent as given (never normalised), no default headers
+        are added, the body passes undecoded. ``request.timeout`` bounds the whole exchange,
+        body included; ``timeouts.read`` bounds each wait for bytes.
+        """
+        pool = self._pools.get(request.instance) or self._pool(request.instance)
+        url = request.url
+        target = pool.prefix + url[len(request.instance):] if url.startswith(
+            request.instance) else url
+        if not target.startswith("/"):
+            target = "/" + target
+        try:
+            head = request_head(request.method, target, pool.hostport, request.headers,
+                                request.body, streamed=request.stream is not None)
+        except ValueError as exc:
+            raise ConfigurationError("headers", str(exc)) from exc
+        loop = asyncio.get_running_loop()
+        deadline = None if request.timeout is None else loop.time() + request.timeout
+        for _ in range(2):
+            conn, reused = await self._acquire(pool, loop, deadline, request)
+            timeout = None if deadline is None else deadline - loop.time()
+            exchange = conn.send(request.method, head, request.body, request.stream, timeout)
+            try:
+                await conn.read_head()
+            except ConnectionBroke as exc:
+                self.release(conn, pool)
+                if (reused and not conn.received_any and request.stream is None
+                        and request.method in _REPLAYABLE):
+                    continue  # the server had closed it while idle; it never saw this one
+                raise _translate(request, exc) from exc
+            except BaseException as exc:
+                self.release(conn, pool)
+                if isinstance(exc, Exception):  # also the request body's own error
+                    raise _translate(request, exc) from exc
+                raise
+            raw = conn.raw_headers
+            return StreamingResponse(exchange.status, _Headers(raw), raw, _Body(exchange, request),
+                                     _Close(conn, pool), instance=request.instance)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pool(self, instance: str) -> Pool:
+        pool = self._pools[instance] = Pool(self, instance)
+        return pool
+
+    def release(self, conn: H1Connection, pool: Pool) -> None:
+        if conn.finish() and not self._closed:
+            pool.idle.append(conn)
+            self.slot_freed()
+        elif not conn.lost:
+            conn.close()
+
+    async def _acquire(self, pool: Pool, loop: asyncio.AbstractEventLoop,
+                       deadline: float | None, request: Request) -> tuple[H1Connection, bool]:
+        while True:
+            idle = pool.idle
+            while idle:
+                conn = idle.pop()
+                if conn.lost:
+                    continue
+                if loop.time() - conn.idle_since > self._expiry:
+                    conn.close()
+                    continue
+                return conn, True
+            if self._has_room(pool):
+                return await self._connect(pool, loop, deadline, request), False
+            self._evict_idle()  # its slot frees once the close is accounted
+            await self._wait_for_slot(loop, deadline, request)
+
+    def _has_room(self, pool: Pool) -> bool:
+        if self._per_instance > 0 and pool.count >= self._per_instance:
+            return False
+        return self._limit <= 0 or self.open_connections < self._limit
+
+    def _evict_idle(self) -> None:
+        if self._limit <= 0:
+            return  # only the per-instance bound applies, and this instance has no idle one
+        for other in self._pools.values():
+            if other.idle:
+                other.idle.pop(0).close()  # the least recently used
+                return
+
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop, deadline: float | None,
+                             request: Request) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            if deadline is None:
+                await waiter
+            else:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(
+                f"no connection to {request.instance} became free in time",
+                service=request.service, instance=request.instance,
+            ) from exc
+        finally:
+            if waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
+
+    def slot_freed(self) -> None:
+        """A connection was released or closed: let one waiting call look again."""
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _connect(self, pool: Pool, loop: asyncio.AbstractEventLoop,
+                       deadline: float | None, request: Request) -> H1Connection:
+        if self._closed:
+            raise UpstreamConnectError(f"transport closed; not connecting to {request.instance}",
+                                       service=request.service, instance=request.instance)
+        timeout = self._timeouts.connect
+        if deadline is not None:
+            left = deadline - loop.time()
+            timeout = left if timeout is None else min(timeout, left)
+        read = self._timeouts.read
+        pool.count += 1
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(
+                    lambda: H1Connection(pool, loop, read), pool.host, pool.port,
+                    ssl=pool.ssl or None, server_hostname=pool.host if pool.ssl else None,
+                )
+        except BaseException as exc:
+            pool.count -= 1
+            self.slot_freed()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamConnectError(f"connect to {request.instance} timed out",
+                                           service=request.service,
+                                           instance=request.instance) from exc
+            if isinstance(exc, OSError):
+                raise UpstreamConnectError(f"cannot connect to {request.instance}: {exc}",
+                                           service=request.service,
+                                           instance=request.instance) from exc
+            raise
+        conn.counted = True
+        if conn.lost:  # closed before we could count it: account for it now
+            pool.forget(conn)
+        return conn
+
+    async def aclose(self) -> None:
+        """Close every idle connection and refuse new ones (idempotent)."""
+        self._closed = True
+        for pool in self._pools.values():
+            for conn in list(pool.idle):
+                conn.close()
+            pool.idle.clear()
+        await asyncio.sleep(0)  # let the transports run connection_lost

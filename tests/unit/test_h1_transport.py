@@ -1,0 +1,349 @@
+"""``H1Transport``: the raw-asyncio HTTP/1.1 transport against real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from shoal._errors import UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError
+from shoal.client import AsyncClient, Request, RetryPolicy, Timeouts
+from shoal.client._h1conn import HIGH_WATER
+from shoal.client._h1transport import H1Transport
+from shoal.discovery import StaticResolver
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nok"
+
+
+class Server:
+    """A loopback server running ``handler`` per connection; counts connections."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Server:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.handler(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        self._server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.requests.append(head)
+        return head
+
+
+def request(url: str, method: str = "GET", *, body: bytes | None = None,
+            timeout: float | None = 5.0, headers: dict[str, str] | None = None) -> Request:
+    return Request(method, url + "/p?q=1", headers=headers or {"x-h": "v"}, body=body,
+                   timeout=timeout, service="svc", instance=url)
+
+
+def keep_alive(server_box: list[Server], reply: bytes = OK) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await server_box[0].read_request(reader)
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    await reader.readexactly(int(line.split(b":")[1]))
+            writer.write(reply)
+            await writer.drain()
+    return handler
+
+
+@pytest.fixture
+def transport() -> H1Transport:
+    return H1Transport(timeouts=Timeouts(connect=1.0, read=2.0, total=5.0))
+
+
+async def test_keeps_the_connection_alive_across_requests(transport: H1Transport) -> None:
+    box: list[Server] = []
+    async with Server(keep_alive(box)) as server:
+        box.append(server)
+        for _ in range(3):
+            response = await transport.handle_async_request(request(server.url))
+            assert response.status == 200
+            assert response.content == b"ok"
+        assert server.connections == 1
+        assert response.headers["X-A"] == "1"  # case-insensitive
+        first = server.requests[0]
+        assert first.startswith(b"GET /p?q=1 HTTP/1.1\r\n")
+        assert b"x-h: v\r\n" in first
+        assert f"host: {server.url.removeprefix('http://')}".encode() in first
+        await transport.aclose()
+
+
+async def test_streams_a_chunked_response_and_keeps_repeated_headers(
+    transport: H1Transport,
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+                     b"set-cookie: a=1\r\nset-cookie: b=2\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"2\r\nde\r\n0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with Server(handler) as server:
+        response = await transport.handle_async_stream(request(server.url))
+        assert [v for k, v in response.raw_headers if k == b"set-cookie"] == [b"a=1", b"b=2"]
+        assert b"".join([chunk async for chunk in response]) == b"abcde"
+        await response.aclose()
+        await transport.aclose()
+
+
+async def test_a_connection_dropped_mid_body_raises_a_reset_error(
+    transport: H1Transport,
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        await writer.drain()
+
+    async with Server(handler) as server:
+        response = await transport.handle_async_stream(request(server.url))
+        with pytest.raises(UpstreamResetError) as info:
+            async for _ in response:
+                pass
+        assert info.value.__cause__ is not None
+        assert info.value.service == "svc"
+        await response.aclose()
+        assert transport.open_connections == 0
+
+
+async def test_a_connection_closed_before_the_head_raises_a_reset_error(
+    transport: H1Transport,
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+
+    async with Server(handler) as server:
+        with pytest.raises(UpstreamResetError):
+            await transport.handle_async_request(request(server.url, "POST", body=b"x"))
+
+
+async def test_a_refused_connection_is_a_connect_error(transport: H1Transport) -> None:
+    async with Server(keep_alive([])) as server:
+        url = server.url
+    with pytest.raises(UpstreamConnectError) as info:
+        await transport.handle_async_request(request(url))
+    assert not isinstance(info.value, UpstreamResetError)
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.instance == url
+
+
+async def test_a_silent_upstream_times_out(transport: H1Transport) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async with Server(handler) as server:
+        with pytest.raises(UpstreamTimeoutError) as info:
+            await transport.handle_async_request(request(server.url, timeout=0.2))
+        assert isinstance(info.value.__cause__, TimeoutError)
+
+
+async def test_the_pool_limit_makes_calls_wait_for_a_free_connection() -> None:
+    transport = H1Transport(max_connections=1)
+    box: list[Server] = []
+    async with Server(keep_alive(box)) as server:
+        box.append(server)
+        first = await transport.handle_async_stream(request(server.url))
+        second = asyncio.ensure_future(transport.handle_async_request(request(server.url)))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # no free connection yet
+        assert await first.aread() == b"ok"
+        await first.aclose()
+        assert (await second).content == b"ok"
+        assert server.connections == 1
+        assert transport.open_connections == 1
+        await transport.aclose()
+
+
+async def test_a_wait_for_a_connection_is_bounded_by_the_timeout() -> None:
+    transport = H1Transport(max_connections=1)
+    box: list[Server] = []
+    async with Server(keep_alive(box)) as server:
+        box.append(server)
+        first = await transport.handle_async_stream(request(server.url))
+        with pytest.raises(UpstreamTimeoutError):
+            await transport.handle_async_request(request(server.url, timeout=0.1))
+        await first.aclose()
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_replaced(
+    transport: H1Transport,
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)  # keep-alive by HTTP/1.1 default, then closes anyway
+        await writer.drain()
+
+    async with Server(handler) as server:
+        assert (await transport.handle_async_request(request(server.url))).status == 200
+        await asyncio.sleep(0.05)
+        assert (await transport.handle_async_request(request(server.url))).status == 200
+        assert server.connections == 2
+
+
+async def test_streams_a_request_body_chunked_with_bounded_buffers() -> None:
+    transport = H1Transport()
+    received: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head
+        total = 0
+        while True:
+            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            total += size
+        received.append(total)
+        writer.write(OK)
+        await writer.drain()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b"x" * 65536
+
+    async with Server(handler) as server:
+        req = request(server.url, "POST")
+        req.stream = body()
+        response = await transport.handle_async_request(req)
+        assert response.status == 200
+        assert received == [64 * 65536]
+        await transport.aclose()
+
+
+async def test_reading_pauses_while_the_consumer_lags() -> None:
+    transport = H1Transport()
+    size = 8 * HIGH_WATER
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+        writer.write(b"y" * size)
+        await writer.drain()
+        await reader.read()
+
+    async with Server(handler) as server:
+        response = await transport.handle_async_stream(request(server.url))
+        await asyncio.sleep(0.2)  # nobody reads: the transport stops reading
+        chunks: list[bytes] = list(response._body._exchange.chunks)  # type: ignore[attr-defined]
+        buffered = sum(len(c) for c in chunks)
+        assert buffered <= 2 * HIGH_WATER
+        assert len(await response.aread()) == size
+        await response.aclose()
+        await transport.aclose()
+
+
+async def test_a_failing_request_body_is_a_reset_error_caused_by_it() -> None:
+    transport = H1Transport()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    class Gone(Exception):
+        pass
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a"
+        raise Gone
+
+    async with Server(handler) as server:
+        req = request(server.url, "POST")
+        req.stream = body()
+        with pytest.raises(UpstreamResetError) as info:
+            await transport.handle_async_stream(req)
+        assert isinstance(info.value.__cause__, Gone)
+
+
+async def test_header_injection_is_refused(transport: H1Transport) -> None:
+    with pytest.raises(ValueError, match="CR or LF"):
+        await transport.handle_async_request(
+            request("http://127.0.0.1:9", headers={"x": "a\r\nevil: 1"})
+        )
+
+
+async def test_the_client_policies_run_over_it() -> None:
+    box: list[Server] = []
+    calls = 0
+
+    async def flaky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        await reader.readuntil(b"\r\n\r\n")
+        calls += 1
+        if calls == 1:
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+        else:
+            writer.write(OK)
+        await writer.drain()
+        await keep_alive(box)(reader, writer)
+
+    async with Server(flaky) as server:
+        box.append(server)
+        client = AsyncClient(
+            service="t", transport=H1Transport(),
+            resolver=StaticResolver({"users": [server.url]}),
+            retry=RetryPolicy(backoff_initial=0.001, backoff_max=0.001),
+        )
+        response = await client.stream("GET", "http://users/x")
+        assert response.status == 200
+        assert response.attempts == 2
+        assert await response.aread() == b"ok"
+        await response.aclose()
+        await client.aclose()
+
+
+async def test_the_callers_host_and_framing_headers_are_handled(transport: H1Transport) -> None:
+    box: list[Server] = []
+    async with Server(keep_alive(box)) as server:
+        box.append(server)
+        response = await transport.handle_async_request(request(
+            server.url, "PUT", body=b"abc",
+            headers={"Host": "users.internal", "Content-Length": "999", "x-k": "v"},
+        ))
+        assert response.status == 200
+        head = server.requests[0].lower()
+        assert head.count(b"host:") == 1
+        assert b"host: users.internal\r\n" in head
+        assert b"content-length: 3\r\n" in head
+        assert b"999" not in head
+        await transport.aclose()
+
+
+async def test_an_interim_100_continue_is_skipped(transport: H1Transport) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+        await writer.drain()
+        await reader.read()
+
+    async with Server(handler) as server:
+        response = await transport.handle_async_request(request(server.url))
+        assert (response.status, response.content) == (200, b"ok")
+        await transport.aclose()
