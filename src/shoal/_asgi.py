@@ -5,6 +5,7 @@ Plain ASGI (no ``BaseHTTPMiddleware``) so ``ContextVar``s set here are visible t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 
 from shoal import _metrics
+from shoal._chaos import CHAOS_HEADER, ChaosAbort, poller_from_env
 from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
 from shoal._context import (
     DEADLINE_MS,
@@ -44,6 +46,7 @@ _B_TRACESTATE = TRACESTATE.encode()
 _B_REQUEST_ID = REQUEST_ID.encode()
 _B_DEADLINE = DEADLINE_MS.encode()
 _MAX_REQUEST_ID = 200
+_B_CHAOS = CHAOS_HEADER.lower().encode()
 
 
 def route_template(scope: Scope) -> str:
@@ -74,6 +77,8 @@ class ShoalMiddleware:
     def __init__(self, app: ASGIApp, chassis: Chassis) -> None:
         self.app = app
         self.chassis = chassis
+        # Decided once: without SHOAL_CHAOS=1 the request path only tests ``is None``.
+        self._chaos = poller_from_env(chassis.service, chassis.instance)
 
     async def __call__(  # noqa: PLR0912, PLR0915 - the hot path, inlined on purpose
         self, scope: Scope, receive: Receive, send: Send
@@ -132,7 +137,7 @@ class ShoalMiddleware:
                                  instance=path),
                     PROBLEM_CONTENT_TYPE.encode(), [rid_header],
                 )
-            else:
+            elif self._chaos is None or not await self._fault(send_wrapper, path):
                 await self.app(scope, receive, send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the 500 safety net: log, answer, go on
             route = route_template(scope)
@@ -163,6 +168,29 @@ class ShoalMiddleware:
                     duration_ms=round(duration * 1000, 3),
                 )
             ctx.exit()
+
+    async def _fault(self, send: Send, path: str) -> bool:
+        """Apply injected faults; ``True`` when the request was answered (or aborted)."""
+        assert self._chaos is not None
+        fault = self._chaos.decision()
+        if not fault.active:
+            return False
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.abort:
+            # Headers promising a body that never comes, then the server drops the connection
+            # (uvicorn closes the transport when the app raises after the response started).
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-length", b"64"),
+                                    (_B_CHAOS, b"abort")]})
+            raise ChaosAbort
+        if fault.status is not None:
+            await _send_bytes(
+                send, fault.status,
+                problem_body(fault.status, detail="Injected fault (shoal chaos).", instance=path),
+                PROBLEM_CONTENT_TYPE.encode(), [(_B_CHAOS, b"errors")])
+            return True
+        return False
 
     async def _probe(self, path: str, send: Send) -> None:
         chassis = self.chassis

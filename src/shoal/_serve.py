@@ -130,14 +130,20 @@ def serve_asgi(app: Any, settings: Settings) -> None:
         backlog=2048,
     )
     server = DrainingServer(config)
-    if os.environ.get("SHOAL_REUSE_PORT") == "1":
-        # Several replicas share one listening port (the platform's gateway replicas); the
-        # kernel spreads connections across them.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((settings.host, settings.port))
-        server.run(sockets=[sock])
+    shared = os.environ.get("SHOAL_SHARED_PORT")
+    if shared:
+        # The platform's gateway replicas: each listens on its own PORT (probes, registry) and
+        # on one port they all share with SO_REUSEPORT, where the kernel spreads connections.
+        own = socket.create_server((settings.host, settings.port), backlog=2048)
+        public = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        public.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        public.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            public.bind((settings.host, int(shared)))
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError("SHOAL_SHARED_PORT", f"cannot listen on {shared}: {exc}") \
+                from None
+        server.run(sockets=[own, public])
     else:
         server.run()
 

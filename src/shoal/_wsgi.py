@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -14,6 +15,7 @@ import orjson
 
 from shoal import _metrics
 from shoal._asgi import KNOWN_METHODS, valid_request_id
+from shoal._chaos import CHAOS_HEADER, poller_from_env
 from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
 from shoal._context import (
     RequestScope,
@@ -64,6 +66,8 @@ class ShoalWSGIMiddleware:
     def __init__(self, app: WSGIApp, chassis: Chassis) -> None:
         self.app = app
         self.chassis = chassis
+        # Decided once: without SHOAL_CHAOS=1 the request path only tests ``is None``.
+        self._chaos = poller_from_env(chassis.service, chassis.instance)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "") or "/"
@@ -114,7 +118,9 @@ class ShoalWSGIMiddleware:
                     request_id)
                 status[0] = 504
             else:
-                body = self.app(environ, wrapped_start)
+                faulted = None if self._chaos is None else self._fault(environ, wrapped_start,
+                                                                       path, status)
+                body = self.app(environ, wrapped_start) if faulted is None else faulted
         except Exception as exc:  # noqa: BLE001 - the 500 safety net: log, answer, go on
             route = environ.get(ROUTE_KEY) or UNMATCHED_ROUTE
             chassis.exception_raised(route, exc)
@@ -142,6 +148,37 @@ class ShoalWSGIMiddleware:
         # The server may close the body from another context; the request is over either way.
         with contextlib.suppress(ValueError):
             scope.exit()
+
+    def _fault(
+        self, environ: WSGIEnviron, start_response: StartResponse, path: str, status: list[int]
+    ) -> list[bytes] | None:
+        """Apply injected faults: the answer to send instead of the app's, or ``None``."""
+        assert self._chaos is not None
+        fault = self._chaos.decision()
+        if not fault.active:
+            return None
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.abort:
+            status[0] = 500
+            sock = environ.get("gunicorn.socket")
+            if isinstance(sock, socket.socket):
+                # Drop the connection: the client sees it closed with no answer; gunicorn's
+                # write then fails with EPIPE, which it ignores.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            start_response("500 Internal Server Error",
+                           [("Content-Length", "0"), (CHAOS_HEADER, "abort")])
+            return []
+        if fault.status is not None:
+            status[0] = fault.status
+            body = problem_body(fault.status, detail="Injected fault (shoal chaos).",
+                                instance=path)
+            start_response(f"{fault.status} Injected Fault",
+                           [("Content-Type", PROBLEM_CONTENT_TYPE),
+                            ("Content-Length", str(len(body))), (CHAOS_HEADER, "errors")])
+            return [body]
+        return None
 
     @staticmethod
     def _problem(

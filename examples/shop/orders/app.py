@@ -45,7 +45,7 @@ from examples.shop.orders.schemas import (
     Problem,
     UserSummary,
 )
-from shoal.client import AsyncClient, Fallback
+from shoal.client import AsyncClient, BulkheadPolicy, Fallback
 from shoal.client import Response as UpstreamResponse
 
 MIGRATIONS = FsPath(__file__).parent / "migrations"
@@ -282,7 +282,9 @@ def create_app(database: str | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        users = AsyncClient(service=chassis.service)
+        # The bulkhead caps calls in flight to users, so a slow users cannot absorb orders.
+        users = AsyncClient(service=chassis.service, bulkhead=BulkheadPolicy(
+            max_concurrent=int(os.environ.get("ORDERS_USERS_MAX_CONCURRENT", "64"))))
         app.state.deps = Deps(engine=engine, sessions=async_sessionmaker(
             engine, expire_on_commit=False), users=users, users_timeout=users_timeout)
         try:

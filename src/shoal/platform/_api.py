@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from shoal._problem import PROBLEM_CONTENT_TYPE, problem_body
+from shoal.platform._faults import chaos_routes
+from shoal.platform._obsapi import add_observability_routes, is_public, session_ok
 
 if TYPE_CHECKING:
     from shoal.platform.controlplane import ControlPlane
@@ -39,7 +41,8 @@ def build_api(cp: ControlPlane) -> web.Application:
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), cp.token):
+        bearer_ok = scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), cp.token)
+        if not (bearer_ok or is_public(request) or session_ok(request, cp.token)):
             return problem(401, "A bearer token is required: the fleet's token is in "
                                 f"{cp.state.token_path}.")
         try:
@@ -114,5 +117,7 @@ def build_api(cp: ControlPlane) -> web.Application:
         cp.request_shutdown()
         return _json({"status": "stopping"}, status=202)
 
+    add_observability_routes(routes, cp)
     app.add_routes(routes)
+    app.add_routes(chaos_routes(cp))
     return app

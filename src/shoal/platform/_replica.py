@@ -241,6 +241,15 @@ class ReplicaRunner:
     def _kill_group(self) -> None:
         self._signal_group(signal.SIGKILL)
 
+    def kill(self) -> int | None:
+        """SIGKILL the replica's process group (fault injection); the runner restarts it as
+        it would any crash. Returns the killed pid, or None when nothing was running."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return None
+        self._kill_group()
+        return process.pid
+
     async def stop(self, *, remove: bool = True) -> None:
         """Deregister, SIGTERM (drain), wait the grace, SIGKILL the group; then forget it."""
         self._stopping = True

@@ -48,6 +48,11 @@ class ServiceSupervisor:
         self._lock = asyncio.Lock()
         self.desired = spec.replicas
 
+    @property
+    def busy(self) -> bool:
+        """Whether a scale, rollout or stop is under way (the autoscaler waits its turn)."""
+        return self._lock.locked()
+
     def _new_runner(self) -> ReplicaRunner:
         record = InstanceRecord(id=f"{self.name}-{next(self._ids)}", service=self.name,
                                 port=self._allocate_port(), version=self.version)
@@ -93,6 +98,17 @@ class ServiceSupervisor:
             self.runners = self.runners[:replicas]
             await asyncio.gather(*(r.stop() for r in reversed(surplus)))
             log.info("service.scaled", service=self.name, replicas=replicas)
+
+    def kill(self, instance: str | None = None) -> tuple[str, int] | None:
+        """SIGKILL one replica (``instance``, else the first one running); it restarts like
+        any crash. Returns ``(instance id, pid)``, or None when no such replica runs."""
+        for runner in self.runners:
+            if instance is not None and runner.record.id != instance:
+                continue
+            pid = runner.kill()
+            if pid is not None:
+                return runner.record.id, pid
+        return None
 
     async def rollout(self, spec: Service | None = None) -> None:
         """Replace every replica, one at a time: start a new one, wait until it is ready

@@ -19,6 +19,8 @@ from rich.table import Table
 
 from shoal._errors import ConfigurationError
 from shoal.platform._apiclient import ControlClient
+from shoal.platform._cli_observe import config_app, dashboard_url, logs
+from shoal.platform._cli_resilience import autoscale_lines, chaos_app, load
 from shoal.platform._state import PlatformError, StateDir
 from shoal.platform.spec import SpecError, load_spec
 
@@ -68,6 +70,8 @@ def _print_urls(status: dict[str, Any]) -> None:
     if status.get("gateway"):
         console.print(f"  gateway:       {status['gateway']}")
     console.print(f"  control plane: {status['control']['url']}")
+    if (dashboard := dashboard_url(status)) is not None:
+        console.print(f"  dashboard:     {dashboard}", highlight=False, soft_wrap=True)
     for svc in status["services"]:
         console.print(f"  {svc['service']}: {', '.join(svc['endpoints'])}")
 
@@ -187,6 +191,8 @@ def ps(state_dir: StateOpt = DEFAULT_STATE,
         if not svc["instances"]:
             table.add_row(svc["service"], "-", "no replicas", "", "", "", "", "")
     console.print(table)
+    for line in autoscale_lines(status["services"]):
+        console.print(line, highlight=False)
 
 
 @app.command()
@@ -274,6 +280,13 @@ def serve(ctx: typer.Context) -> None:
     from shoal._cli import serve_main  # noqa: PLC0415
 
     raise typer.Exit(serve_main(["serve", *ctx.args]))
+
+
+app.add_typer(chaos_app, name="chaos")
+app.command("load")(load)
+
+app.add_typer(config_app, name="config")
+app.command("logs")(logs)
 
 
 def main() -> None:

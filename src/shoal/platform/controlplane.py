@@ -20,8 +20,13 @@ from aiohttp import web
 from shoal._errors import ShoalError
 from shoal._logging import JsonFormatter, get_logger, set_identity
 from shoal.platform._api import build_api
+from shoal.platform._autoscaling import Autoscaling, interval_from_env
+from shoal.platform._faults import FaultBoard
+from shoal.platform._logstore import LogStore
+from shoal.platform._observe import EventLog, start_observing, stop_observing
 from shoal.platform._registry import READY, Registry
 from shoal.platform._replica import Launch, LineSink, serve_argv
+from shoal.platform._scraper import Scraper
 from shoal.platform._state import PlatformError, StateDir
 from shoal.platform._supervisor import RolloutError, ServiceSupervisor
 from shoal.platform.spec import GATEWAY_SERVICE, Service, Spec, load_spec
@@ -95,6 +100,12 @@ class ControlPlane:
         self.on_line = on_line
         self.cwd = (cwd or Path.cwd()).resolve()
         self.registry = Registry()
+        self.scraper = Scraper(self.registry)
+        self.events = EventLog()
+        self.on_event = self.events.tee(self.on_event)
+        self.logstore: LogStore | None = None
+        self.faults = FaultBoard()
+        self.autoscaling = Autoscaling(fleet_services(spec), interval=interval_from_env())
         self.supervisors: dict[str, ServiceSupervisor] = {}
         self.token = ""
         self.phase = "starting"
@@ -136,9 +147,11 @@ class ControlPlane:
             })
             if self.spec.control.chaos:
                 env["SHOAL_CHAOS"] = "1"
+                env["SHOAL_CONTROL_URL"] = f"http://{self.host}:{self.port}"
             if name == GATEWAY_SERVICE:
                 env["SHOAL_GATEWAY_SPEC"] = str(self.spec_path)
-                env["SHOAL_REUSE_PORT"] = "1"
+                assert self.spec.gateway is not None
+                env["SHOAL_SHARED_PORT"] = str(self.spec.gateway.port)
             env.update(service.env)
             return Launch(argv=serve_argv(service), env=env, cwd=str(self.cwd))
 
@@ -155,6 +168,7 @@ class ControlPlane:
             "version": sup.version if sup else 0,
             "endpoints": self.registry.endpoints(name),
             "instances": [r.as_dict(now) for r in self.registry.instances(name)],
+            "autoscale": self.autoscaling.view(name),
         }
 
     def status(self) -> dict[str, Any]:
@@ -219,6 +233,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_shutdown)
+        observing = start_observing(self)
         runner = web.AppRunner(build_api(self), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
@@ -228,17 +243,26 @@ class ControlPlane:
                                   "started_at": self.started_at})
         self.on_event("control_started", {"url": f"http://{self.host}:{self.port}"})
         code = 0
+        autoscaler: asyncio.Task[None] | None = None
         async with aiohttp.ClientSession() as http:
             try:
                 code = await self._start_fleet(http)
                 if code == 0:
                     self.phase = "running"
                     self.on_event("running", self.status())
+                    autoscaler = loop.create_task(
+                        self.autoscaling.run(self.scraper, self.supervisors, self.scale),
+                        name="autoscaler")
                     await self._shutdown.wait()
             finally:
                 self.phase = "stopping"
                 self.on_event("stopping", {})
+                if autoscaler is not None:
+                    autoscaler.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await autoscaler
                 await self._stop_fleet()
+                await stop_observing(self, observing)
                 await runner.cleanup()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
