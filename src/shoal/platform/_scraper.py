@@ -213,9 +213,9 @@ class Scraper:
     ) -> None:
         self.registry = registry
         # SHOAL_SCRAPE_INTERVAL trades freshness for CPU (bench/logs.py: 50 instances cost
-        # about 6.7% of a core every 2 s, 2.7% every 5 s).
+        # about 6.7% of a core every 2 s, 4.8% every 3 s, 2.7% every 5 s).
         self.interval = interval if interval is not None else float(
-            os.environ.get("SHOAL_SCRAPE_INTERVAL", "2.0"))
+            os.environ.get("SHOAL_SCRAPE_INTERVAL", "3.0"))
         interval = self.interval
         self.rate_window = rate_window
         self.window = window
