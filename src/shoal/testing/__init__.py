@@ -4,6 +4,6 @@ The pytest plugin (auto-loaded when Shoal is installed) adds the ``shoal_server`
 """
 
 from shoal._logging import capture_logs
-from shoal.testing._process import ServerProcess, free_port, run_server
+from shoal.testing._process import ServerProcess, free_port, run_server, wait_until
 
-__all__ = ["ServerProcess", "capture_logs", "free_port", "run_server"]
+__all__ = ["ServerProcess", "capture_logs", "free_port", "run_server", "wait_until"]

@@ -17,6 +17,24 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, *, interval: float = 0.02
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy (and return that), or raise
+    ``AssertionError`` after ``timeout`` seconds saying ``what`` did not happen.
+
+    The way to synchronise a test with real processes: a deadline, never a fixed sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 
 from shoal.discovery import EtcdResolver
-from shoal.testing import ServerProcess
+from shoal.testing import (
+    ServerProcess,
+    wait_until,  # noqa: F401 - re-exported to the tests here
+)
 
 from .cluster import ETCD, EtcdCluster, etcd_available
 
@@ -29,19 +32,6 @@ def _require_etcd() -> None:
         pytest.fail(f"SHOAL_REQUIRE_EXTERNAL=1 but {reason}")
     pytest.skip(reason)
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned), or fail after
-    ``timeout`` seconds saying ``what`` did not happen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"within {timeout}s: {what}")
-        time.sleep(interval)
 
 
 def holds_for(predicate: Callable[[], Any], seconds: float, what: str,

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +15,10 @@ from typing import Any
 
 import pytest
 
-from shoal.testing import free_port
+from shoal.testing import (
+    free_port,
+    wait_until,  # noqa: F401 - re-exported to the tests here
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -49,16 +51,6 @@ def group_pids(pgid: int) -> list[int]:
                 pids.append(int(entry))
     return pids
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Fleet:

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,10 @@ import yaml
 from tests.integration.fleet.conftest import group_pids, pid_alive
 
 from shoal.platform._load import LoadPlan, LoadReport, run_load
-from shoal.testing import free_port
+from shoal.testing import (
+    free_port,
+    wait_until,  # noqa: F401 - re-exported to the tests here
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 ARTIFACT = ROOT / "test-artifacts" / "scenarios.json"
@@ -48,17 +51,6 @@ def shoal(*args: str, timeout: float = 120, env: dict[str, str] | None = None
     return subprocess.run([sys.executable, "-m", "shoal", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, check=False, env=env)
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               period: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(period)
 
 
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
