@@ -18,7 +18,7 @@ from typing import Any
 
 
 def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str, *, interval: float = 0.02
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
 ) -> Any:
     """Poll ``predicate`` until it returns something truthy (and return that), or raise
     ``AssertionError`` after ``timeout`` seconds saying ``what`` did not happen.
