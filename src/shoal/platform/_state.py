@@ -15,6 +15,7 @@ from shoal._errors import ShoalError
 
 TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
 CONTROL_FILE = "control.json"
+INSTANCES_FILE = "instances.json"
 LOCK_FILE = "lock"
 
 
@@ -84,5 +85,21 @@ class StateDir:
         return data if isinstance(data, dict) else None
 
     def clear_control(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.control_path.unlink()
+        for path in (self.control_path, self.path / INSTANCES_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def write_instances(self, instances: list[dict[str, Any]]) -> None:
+        """Record every replica's pid and port, so a fleet whose control plane died can still
+        be stopped by ``shoal down`` (by these PIDs, never by process name)."""
+        path = self.path / INSTANCES_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(instances, indent=2))
+        tmp.replace(path)
+
+    def read_instances(self) -> list[dict[str, Any]]:
+        try:
+            data = json.loads((self.path / INSTANCES_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        return [i for i in data if isinstance(i, dict)] if isinstance(data, list) else []

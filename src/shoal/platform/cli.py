@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -142,7 +144,10 @@ def down(state_dir: StateOpt = DEFAULT_STATE,
     try:
         client.request("POST", "/v1/shutdown")
     except PlatformError as exc:
-        raise fail(str(exc)) from None
+        if _alive(client.pid):
+            raise fail(str(exc)) from None
+        _reap(StateDir(state_dir))
+        return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if StateDir(state_dir).read_control() is None and not _alive(client.pid):
@@ -150,6 +155,35 @@ def down(state_dir: StateOpt = DEFAULT_STATE,
             return
         time.sleep(0.1)
     raise fail(f"the control plane (pid {client.pid}) did not stop within {timeout:g}s")
+
+
+def _reap(state: StateDir) -> None:
+    """The control plane is gone: stop the replicas it recorded (by PID, checking each is
+    still that replica), then clear the state files."""
+    recorded = [i for i in state.read_instances() if i.get("pid")]
+    mine = [i for i in recorded if _is_replica(int(i["pid"]), str(i["id"]))]
+    for inst in mine:
+        _signal_group(int(inst["pid"]), signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(int(i["pid"])) for i in mine):
+        time.sleep(0.1)
+    for inst in mine:
+        _signal_group(int(inst["pid"]), signal.SIGKILL)
+    state.clear_control()
+    console.print(f"the control plane was gone; stopped {len(mine)} leftover replica(s)")
+
+
+def _is_replica(pid: int, instance: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return f"SHOAL_INSTANCE={instance}".encode() in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 def _alive(pid: int) -> bool:

@@ -234,6 +234,7 @@ class ControlPlane:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_shutdown)
         observing = start_observing(self)
+        persisting = loop.create_task(self._persist_instances(), name="persist-instances")
         runner = web.AppRunner(build_api(self), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
@@ -262,12 +263,24 @@ class ControlPlane:
                     with contextlib.suppress(asyncio.CancelledError):
                         await autoscaler
                 await self._stop_fleet()
+                persisting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await persisting
                 await stop_observing(self, observing)
                 await runner.cleanup()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
                 self.on_event("stopped", {})
         return code
+
+    async def _persist_instances(self) -> None:
+        """Keep ``.shoal/instances.json`` (pids, ports) in step with the registry."""
+        index = 0
+        while True:
+            index = await self.registry.wait(index, 30.0)
+            self.state.write_instances([
+                {"id": r.id, "service": r.service, "pid": r.pid, "port": r.port,
+                 "state": r.state} for r in self.registry.instances()])
 
     async def _start_fleet(self, http: aiohttp.ClientSession) -> int:
         services = fleet_services(self.spec)

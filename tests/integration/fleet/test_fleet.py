@@ -223,3 +223,38 @@ services:
         proc.wait(60)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+STUBBORN = """
+import http.server, os, signal
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Ok).serve_forever()
+"""
+
+
+def test_down_stops_replicas_the_dead_control_plane_left_behind(fleet_factory, tmp_path):
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN)
+    fleet = fleet_factory(f"""
+services:
+  stubborn:
+    command: ["{sys.executable}", "{script}"]
+    drain_grace: 1
+""")
+    pid = fleet.service("stubborn")["instances"][0]["pid"]
+    recorded = json.loads((fleet.state_dir / "instances.json").read_text())
+    assert [i["pid"] for i in recorded] == [pid]
+    os.kill(fleet.control_pid(), signal.SIGKILL)
+    wait_until(lambda: not pid_alive(fleet.control_pid()), 10, "the control plane to die")
+    assert pid_alive(pid)  # it ignores the SIGTERM its dying parent sent: an orphan
+    result = shoal("down", "--state-dir", str(fleet.state_dir))
+    assert result.returncode == 0, result.stderr
+    assert "stopped 1 leftover replica" in result.stdout
+    assert not pid_alive(pid)
+    assert not (fleet.state_dir / "control.json").exists()
