@@ -290,19 +290,30 @@ class LogStore:
             with db:
                 db.execute("BEGIN")
                 db.execute("DELETE FROM logs WHERE ts < ?", (time.time() - self.max_age,))
-            for _ in range(20):
-                if self.size_bytes(db) <= self.max_bytes:
+            for merged in (False, True):
+                self._drop_oldest(db)
+                if merged or self.size_bytes(db) <= self.max_bytes:
                     break
-                (count,) = db.execute("SELECT count(*) FROM logs").fetchone()
-                if count == 0:
-                    break
-                # Oldest first, a tenth at a time: freed pages are reused by new lines.
+                # Deleting from the external-content FTS5 index adds delete markers until its
+                # segments merge, so the index can stay over the limit however many rows go:
+                # merge it (dropping deleted entries), then delete again if still needed.
                 with db:
-                    db.execute("BEGIN")
-                    db.execute("DELETE FROM logs WHERE id <= (SELECT id FROM logs ORDER BY id "
-                               "LIMIT 1 OFFSET ?)", (max(1, count // 10) - 1,))
+                    db.execute("INSERT INTO logs_fts(logs_fts) VALUES('optimize')")
         except sqlite3.Error as exc:
             log.exception("logstore.retention_failed", error=str(exc))
+
+    def _drop_oldest(self, db: sqlite3.Connection) -> None:
+        for _ in range(20):
+            if self.size_bytes(db) <= self.max_bytes:
+                return
+            (count,) = db.execute("SELECT count(*) FROM logs").fetchone()
+            if count == 0:
+                return
+            # Oldest first, a tenth at a time: freed pages are reused by new lines.
+            with db:
+                db.execute("BEGIN")
+                db.execute("DELETE FROM logs WHERE id <= (SELECT id FROM logs ORDER BY id "
+                           "LIMIT 1 OFFSET ?)", (max(1, count // 10) - 1,))
 
     @staticmethod
     def size_bytes(db: sqlite3.Connection) -> int:
