@@ -70,6 +70,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the servers drain, which is quick when idle), then SIGKILL the group: workers
+    (gunicorn's, granian's) share the session/process group we created."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
 class Server:
     """A server process we started (its own session, so we stop exactly what we started)."""
 
@@ -108,17 +122,7 @@ class Server:
         return ""
 
     def stop(self) -> None:
-        """SIGTERM (the servers drain, which is quick when idle), then SIGKILL the group."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
-        # Workers (gunicorn's, granian's) share the session/process group we created.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
+        stop_group(self.proc)
 
     def count_log_lines(self, marker: str) -> int:
         count = 0

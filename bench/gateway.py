@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from bench._harness import (
     free_port,
     machine,
     run_wrk,
+    stop_group,
 )
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -131,15 +131,7 @@ class Proc:
         raise RuntimeError(f"{self.name} not ready: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
+        stop_group(self.proc)
 
 
 def shoal_serve(target: str, port: int) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.integration.fleet.conftest import group_pids, pid_alive
+from tests.integration.fleet.conftest import Fleet, group_pids, pid_alive
 
 from shoal.platform._load import LoadPlan, LoadReport, run_load
 from shoal.testing import (
@@ -75,15 +75,14 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
         return exc.code, {k.lower(): v for k, v in exc.headers.items()}, parsed
 
 
-class ShopFleet:
+class ShopFleet(Fleet):
+    """The shop from a copy of its spec, with free ports and its data in ``tmp``."""
+
     def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp / "shoal.yaml", tmp / ".shoal", free_port())
         self.tmp = tmp
-        self.state_dir = tmp / ".shoal"
         self.data_dir = tmp / "data"
-        self.control_port = free_port()
         self.gateway_port = free_port()
-        self.spec_path = tmp / "shoal.yaml"
-        self.seen_pids: set[int] = set()
         self.env = {**os.environ, "SHOAL_AUTOSCALE_INTERVAL": "1"}
         self.user_id = 0
         self.order_id = 0
@@ -91,19 +90,14 @@ class ShopFleet:
 
     @property
     def gateway(self) -> str:
-        # The gateway replica's own address from the registry: today's platform starts the
-        # gateway on an allocated port, not on gateway.port (see docs/resilience.md).
+        # The gateway replica's own registered address (it also listens on gateway.port).
         if not self._gateway:
             self._gateway = self.service("gateway")["endpoints"][0]
         return self._gateway
 
-    @property
-    def token(self) -> str:
-        return (self.state_dir / "token").read_text().strip()
-
     def write_spec(self) -> None:
         spec = yaml.safe_load((ROOT / "examples/shop/shoal.yaml").read_text())
-        spec["control"] = {"port": self.control_port}
+        spec["control"] = {"port": self.port}
         spec["gateway"]["port"] = self.gateway_port
         users, orders = spec["services"]["users"], spec["services"]["orders"]
         users["replicas"] = 3
@@ -136,20 +130,12 @@ class ShopFleet:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
 
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        code, _, data = http(method, f"http://127.0.0.1:{self.control_port}{path}", body,
-                             {"Authorization": f"Bearer {self.token}"}, timeout=60)
+    def api(self, method: str, path: str, body: Any = None, token: str | None = None,
+            timeout: float = 60) -> tuple[int, Any]:
+        # JSON bodies with their content type (the chaos routes read them).
+        code, _, data = http(method, f"http://127.0.0.1:{self.port}{path}", body,
+                             {"Authorization": f"Bearer {token or self.token}"}, timeout=timeout)
         return code, data
-
-    def status(self) -> dict[str, Any]:
-        code, body = self.api("GET", "/v1/status")
-        assert code == 200, body
-        for svc in body["services"]:
-            self.seen_pids.update(i["pid"] for i in svc["instances"] if i["pid"])
-        return body
-
-    def service(self, name: str) -> dict[str, Any]:
-        return next(s for s in self.status()["services"] if s["service"] == name)
 
     def ready(self, name: str) -> list[dict[str, Any]]:
         return [i for i in self.service(name)["instances"] if i["state"] == "ready"]
