@@ -6,28 +6,13 @@ Plain ASGI (no ``BaseHTTPMiddleware``) so ``ContextVar``s set here are visible t
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import orjson
-
-from shoal import _metrics
 from shoal._chaos import CHAOS_HEADER, ChaosAbort, poller_from_env
 from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
-from shoal._context import (
-    DEADLINE_MS,
-    REQUEST_ID,
-    TRACEPARENT,
-    TRACESTATE,
-    TraceContext,
-    continue_trace,
-    enter_request,
-    new_trace_id,
-    parse_deadline_ms,
-)
+from shoal._context import REQUEST_ID, enter_request, incoming_context
 from shoal._logging import get_logger
 from shoal._problem import PROBLEM_CONTENT_TYPE, problem_body
 
@@ -37,15 +22,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_access = get_logger("shoal.access")
 _errors = get_logger("shoal.error")
-_JSON = b"application/json"
-_B_TRACEPARENT = TRACEPARENT.encode()
-_B_TRACESTATE = TRACESTATE.encode()
 _B_REQUEST_ID = REQUEST_ID.encode()
-_B_DEADLINE = DEADLINE_MS.encode()
-_MAX_REQUEST_ID = 200
 _B_CHAOS = CHAOS_HEADER.lower().encode()
 
 
@@ -56,10 +34,6 @@ def route_template(scope: Scope) -> str:
         return UNMATCHED_ROUTE
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     return str(template) if template else UNMATCHED_ROUTE
-
-
-def valid_request_id(value: str | None) -> bool:
-    return value is not None and 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable()
 
 
 async def _send_bytes(
@@ -80,7 +54,7 @@ class ShoalMiddleware:
         # Decided once: without SHOAL_CHAOS=1 the request path only tests ``is None``.
         self._chaos = poller_from_env(chassis.service, chassis.instance)
 
-    async def __call__(  # noqa: PLR0912, PLR0915 - the hot path, inlined on purpose
+    async def __call__(
         self, scope: Scope, receive: Receive, send: Send
     ) -> None:
         if scope["type"] != "http":
@@ -92,29 +66,8 @@ class ShoalMiddleware:
             return
 
         chassis = self.chassis
-        traceparent = tracestate = request_id = deadline_ms = None
-        for name, value in scope["headers"]:
-            if name == _B_TRACEPARENT:
-                traceparent = value.decode("latin-1")
-            elif name == _B_REQUEST_ID:
-                request_id = value.decode("latin-1")
-            elif name == _B_DEADLINE:
-                deadline_ms = value.decode("latin-1")
-            elif name == _B_TRACESTATE:
-                tracestate = value.decode("latin-1")
-        if traceparent is None and not valid_request_id(request_id):
-            # The common case (an edge request): one random draw for trace, span and request id.
-            ids = os.urandom(40).hex()
-            trace = TraceContext(trace_id=ids[:32], span_id=ids[32:48])
-            request_id = ids[48:]
-        else:
-            trace = continue_trace(traceparent, tracestate)
-            if not valid_request_id(request_id):
-                request_id = new_trace_id()
-        assert request_id is not None
+        trace, request_id, deadline = incoming_context(scope["headers"], time.monotonic())
         start = time.perf_counter()
-        deadline = None if deadline_ms is None else parse_deadline_ms(deadline_ms,
-                                                                       time.monotonic())
         ctx = enter_request(trace, request_id, deadline)
         rid_header = (_B_REQUEST_ID, request_id.encode("latin-1"))
         method: str = scope["method"]
@@ -155,18 +108,7 @@ class ShoalMiddleware:
             duration = time.perf_counter() - start
             route = route_template(scope)
             status = state[0]
-            chassis.request_finished(
-                method if method in KNOWN_METHODS else "OTHER", route, status, duration
-            )
-            if _access.is_enabled_for(logging.INFO):
-                _access.info(
-                    "request",
-                    method=method,
-                    path=path,
-                    route=route,
-                    status=status,
-                    duration_ms=round(duration * 1000, 3),
-                )
+            chassis.finish_request(method, path, route, status, duration)
             ctx.exit()
 
     async def _fault(self, send: Send, path: str) -> bool:
@@ -193,15 +135,5 @@ class ShoalMiddleware:
         return False
 
     async def _probe(self, path: str, send: Send) -> None:
-        chassis = self.chassis
-        if path == LIVEZ:
-            body = orjson.dumps({"status": "ok", "service": chassis.service,
-                                 "instance": chassis.instance})
-            await _send_bytes(send, 200, body, _JSON, [])
-        elif path == READYZ:
-            results = [] if chassis.draining else await chassis.run_checks_async()
-            status, payload = chassis.readiness_body(results)
-            await _send_bytes(send, status, orjson.dumps(payload), _JSON,
-                              [(b"cache-control", b"no-store")])
-        else:
-            await _send_bytes(send, 200, _metrics.render(), _metrics.CONTENT_TYPE.encode(), [])
+        status, body, content_type, extra = await self.chassis.probe(path)
+        await _send_bytes(send, status, body, content_type, extra)

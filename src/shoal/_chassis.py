@@ -16,9 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from shoal import _metrics
 from shoal._errors import ConfigurationError
-from shoal._logging import configure_logging, get_logger, set_identity
+from shoal._logging import configure_logging, get_logger, log_access, set_identity
 from shoal._settings import Settings
 
 #: A readiness check: returns ``True``/``None`` when healthy; ``False`` or an exception when not.
@@ -28,9 +30,13 @@ LIVEZ = "/livez"
 READYZ = "/readyz"
 METRICS = "/metrics"
 PROBE_PATHS = frozenset({LIVEZ, READYZ, METRICS})
+#: Methods counted under their own name; any other is counted as ``OTHER`` (bounded labels).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"
 
 _log = get_logger("shoal.chassis")
+_JSON = b"application/json"
+_METRICS_TYPE = _metrics.CONTENT_TYPE.encode()
 _instances: list[Chassis] = []
 
 
@@ -161,6 +167,19 @@ class Chassis:
 
         return list(await asyncio.gather(*(one(n, c) for n, c in self._checks.items())))
 
+    async def probe(self, path: str) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        """The answer to ``GET`` of a probe path (:data:`PROBE_PATHS`): status, body,
+        content type and extra headers (for servers that are not the ASGI middleware)."""
+        if path == LIVEZ:
+            body = orjson.dumps({"status": "ok", "service": self.service,
+                                 "instance": self.instance})
+            return 200, body, _JSON, []
+        if path == READYZ:
+            results = [] if self._draining else await self.run_checks_async()
+            status, payload = self.readiness_body(results)
+            return status, orjson.dumps(payload), _JSON, [(b"cache-control", b"no-store")]
+        return 200, _metrics.render(), _METRICS_TYPE, []
+
     # -- drain -------------------------------------------------------------------------------
 
     def on_drain(self, hook: Callable[[], object]) -> None:
@@ -211,6 +230,14 @@ class Chassis:
             self._children[key] = children
         children[0].inc()
         children[1].observe(duration)
+
+    def finish_request(self, method: str, path: str, route: str, status: int,
+                       duration: float) -> None:
+        """:meth:`request_finished` (``method`` outside the known ones counted as ``OTHER``)
+        and the request's JSON access line: what every adapter does as a request ends."""
+        self.request_finished(method if method in KNOWN_METHODS else "OTHER", route, status,
+                              duration)
+        log_access(method, path, route, status, duration)
 
     def exception_raised(self, route: str, exc: BaseException) -> None:
         _metrics.HTTP_EXCEPTIONS.labels(self.service, route, type(exc).__name__).inc()

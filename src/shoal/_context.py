@@ -7,10 +7,11 @@ propagates them on every outgoing call (:func:`outgoing_headers`).
 
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from random import getrandbits as _getrandbits
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -39,12 +40,17 @@ class TraceContext:
         return f"00-{self.trace_id}-{span_id or self.span_id}-{flags}"
 
 
+# Ids come from the ``random`` module's generator (as OpenTelemetry's SDK draws them): no
+# system call per id, unlike ``os.urandom``, and the module reseeds it in a forked child.
+# They identify, they do not authorise: nothing relies on them being unpredictable.
+
+
 def new_trace_id() -> str:
-    return os.urandom(16).hex()
+    return "%032x" % _getrandbits(128)  # noqa: UP031 - the fastest form
 
 
 def new_span_id() -> str:
-    return os.urandom(8).hex()
+    return "%016x" % _getrandbits(64)  # noqa: UP031 - the fastest form
 
 
 def _is_hex(value: str, length: int) -> bool:
@@ -91,6 +97,52 @@ def continue_trace(traceparent: str | None, tracestate: str | None = None) -> Tr
     )
 
 
+_B_TRACEPARENT = TRACEPARENT.encode()
+_B_TRACESTATE = TRACESTATE.encode()
+_B_REQUEST_ID = REQUEST_ID.encode()
+_B_DEADLINE = DEADLINE_MS.encode()
+_MAX_REQUEST_ID = 200
+
+
+def valid_request_id(value: str | None) -> bool:
+    return value is not None and 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable()
+
+
+def incoming_context(
+    headers: Iterable[tuple[bytes, bytes]], now: float
+) -> tuple[TraceContext, str, float | None]:
+    """The trace (continued or new), request id (kept or new) and absolute deadline (on the
+    ``time.monotonic()`` clock, ``None`` without a usable header) of an incoming request whose
+    header names are lower-case bytes."""
+    traceparent = tracestate = request_id = deadline_ms = None
+    for name, value in headers:
+        if name == _B_TRACEPARENT:
+            traceparent = value.decode("latin-1")
+        elif name == _B_REQUEST_ID:
+            request_id = value.decode("latin-1")
+        elif name == _B_DEADLINE:
+            deadline_ms = value.decode("latin-1")
+        elif name == _B_TRACESTATE:
+            tracestate = value.decode("latin-1")
+    trace, request_id = request_identity(traceparent, tracestate, request_id)
+    return trace, request_id, None if deadline_ms is None else parse_deadline_ms(deadline_ms, now)
+
+
+def request_identity(
+    traceparent: str | None, tracestate: str | None, request_id: str | None
+) -> tuple[TraceContext, str]:
+    """The span of an incoming request (continuing the caller's trace when its
+    ``traceparent`` is usable) and its request id (the caller's when valid, else new)."""
+    if traceparent is None and not valid_request_id(request_id):
+        # The common case (an edge request): one random draw for trace, span and request id.
+        ids = "%080x" % _getrandbits(320)  # noqa: UP031 - the fastest form
+        return TraceContext(trace_id=ids[:32], span_id=ids[32:48]), ids[48:]
+    trace = continue_trace(traceparent, tracestate)
+    if request_id is None or not valid_request_id(request_id):
+        request_id = new_trace_id()
+    return trace, request_id
+
+
 class RequestContext:
     """What one request carries: its trace, request id and absolute deadline (or ``None``).
 
@@ -110,6 +162,11 @@ class RequestContext:
 
 _EMPTY = RequestContext(None, None, None)
 _request: ContextVar[RequestContext] = ContextVar("shoal_request", default=_EMPTY)
+
+
+def current_context() -> RequestContext:
+    """Everything the request being handled carries (empty outside a request)."""
+    return _request.get()
 
 
 def current_trace() -> TraceContext | None:

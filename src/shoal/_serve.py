@@ -130,22 +130,40 @@ def serve_asgi(app: Any, settings: Settings) -> None:
         backlog=2048,
     )
     server = DrainingServer(config)
+    if os.environ.get("SHOAL_SHARED_PORT"):
+        server.run(sockets=listen_sockets(settings))
+    else:
+        server.run()
+
+
+def listen_sockets(settings: Settings) -> list[socket.socket]:
+    """The listening sockets of a served process: ``PORT`` on ``SHOAL_HOST``, and, when
+    ``SHOAL_SHARED_PORT`` is set (the platform's gateway replicas), also that port, which the
+    replicas share with ``SO_REUSEPORT`` so the kernel spreads connections among them.
+
+    Raises :class:`~shoal.ConfigurationError` naming the setting when a port is taken."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        own = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigurationError(
+            "PORT", f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
+    sockets = [own]
     shared = os.environ.get("SHOAL_SHARED_PORT")
     if shared:
-        # The platform's gateway replicas: each listens on its own PORT (probes, registry) and
-        # on one port they all share with SO_REUSEPORT, where the kernel spreads connections.
-        own = socket.create_server((settings.host, settings.port), backlog=2048)
-        public = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        public = socket.socket(family, socket.SOCK_STREAM)
         public.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         public.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             public.bind((settings.host, int(shared)))
+            public.listen(2048)
         except (OSError, ValueError) as exc:
+            own.close()
+            public.close()
             raise ConfigurationError("SHOAL_SHARED_PORT", f"cannot listen on {shared}: {exc}") \
                 from None
-        server.run(sockets=[own, public])
-    else:
-        server.run()
+        sockets.append(public)
+    return sockets
 
 
 def serve_wsgi(app: Any, settings: Settings, threads: int) -> None:
@@ -189,6 +207,12 @@ def serve(
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     app = import_app(target) if isinstance(target, str) else target
+    own_server = getattr(app, "shoal_serve", None)
+    if callable(own_server):
+        # An app with its own server (the gateway): it listens, drains and registers itself.
+        _log.info("server.starting", interface="own", host=settings.host, port=settings.port)
+        own_server(settings)
+        return
     kind = detect_interface(app) if interface == "auto" else interface
     _log.info("server.starting", interface=kind, host=settings.host, port=settings.port)
     if kind == "asgi":

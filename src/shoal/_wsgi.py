@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -14,16 +12,13 @@ from typing import Any
 import orjson
 
 from shoal import _metrics
-from shoal._asgi import KNOWN_METHODS, valid_request_id
 from shoal._chaos import CHAOS_HEADER, poller_from_env
 from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
 from shoal._context import (
     RequestScope,
-    TraceContext,
-    continue_trace,
     enter_request,
-    new_trace_id,
     parse_deadline_ms,
+    request_identity,
 )
 from shoal._logging import get_logger
 from shoal._problem import PROBLEM_CONTENT_TYPE, problem_body
@@ -35,7 +30,6 @@ WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 
 #: Adapters store the matched route template here (e.g. Flask's ``url_rule.rule``).
 ROUTE_KEY = "shoal.route"
-_access = get_logger("shoal.access")
 _errors = get_logger("shoal.error")
 
 
@@ -76,18 +70,9 @@ class ShoalWSGIMiddleware:
             return self._probe(path, start_response)
 
         chassis = self.chassis
-        traceparent = environ.get("HTTP_TRACEPARENT")
-        request_id = environ.get("HTTP_X_REQUEST_ID")
-        if traceparent is None and not valid_request_id(request_id):
-            # The common case (an edge request): one random draw for trace, span and request id.
-            ids = os.urandom(40).hex()
-            trace = TraceContext(trace_id=ids[:32], span_id=ids[32:48])
-            request_id = ids[48:]
-        else:
-            trace = continue_trace(traceparent, environ.get("HTTP_TRACESTATE"))
-            if not valid_request_id(request_id):
-                request_id = new_trace_id()
-        assert request_id is not None
+        trace, request_id = request_identity(environ.get("HTTP_TRACEPARENT"),
+                                             environ.get("HTTP_TRACESTATE"),
+                                             environ.get("HTTP_X_REQUEST_ID"))
         start = time.perf_counter()
         deadline_ms = environ.get("HTTP_X_SHOAL_DEADLINE_MS")
         deadline = None if deadline_ms is None else parse_deadline_ms(deadline_ms,
@@ -140,11 +125,7 @@ class ShoalWSGIMiddleware:
     ) -> None:
         duration = time.perf_counter() - start
         route = environ.get(ROUTE_KEY) or UNMATCHED_ROUTE
-        self.chassis.request_finished(
-            method if method in KNOWN_METHODS else "OTHER", route, status, duration)
-        if _access.is_enabled_for(logging.INFO):
-            _access.info("request", method=method, path=path, route=route, status=status,
-                         duration_ms=round(duration * 1000, 3))
+        self.chassis.finish_request(method, path, route, status, duration)
         # The server may close the body from another context; the request is over either way.
         with contextlib.suppress(ValueError):
             scope.exit()
