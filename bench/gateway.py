@@ -35,6 +35,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psutil
+
 from bench._harness import (
     ROOT,
     Sample,
@@ -133,14 +135,40 @@ class Proc:
     def stop(self) -> None:
         stop_group(self.proc)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process and its children (nginx's worker) so far."""
+        total = 0.0
+        try:
+            root = psutil.Process(self.proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+        except psutil.Error:
+            pass
+        return total
+
+
+class _Group:
+    """Several processes measured together."""
+
+    def __init__(self, procs: list[Proc]) -> None:
+        self.procs = procs
+
+    def cpu_seconds(self) -> float:
+        return sum(p.cpu_seconds() for p in self.procs)
+
 
 def shoal_serve(target: str, port: int) -> list[str]:
     return [sys.executable, "-m", "shoal", "serve", target, "--port", str(port)]
 
 
 @contextlib.contextmanager
-def fleet(tmp: Path, gateway_target: str) -> Iterator[dict[str, str]]:
-    """Two backends, nginx and the gateway; yields name → URL. Always stops all of them."""
+def fleet(
+    tmp: Path, gateway_target: str, gateway_env: dict[str, str]
+) -> Iterator[tuple[dict[str, str], dict[str, Proc]]]:
+    """Two backends, nginx and the gateway; yields (name → URL, name → process).
+    Always stops all of them."""
     procs: list[Proc] = []
     try:
         b1, b2 = free_port(), free_port()
@@ -161,7 +189,8 @@ def fleet(tmp: Path, gateway_target: str) -> Iterator[dict[str, str]]:
         gateway = Proc(
             "gateway", shoal_serve(gateway_target, gateway_port),
             {"SHOAL_GATEWAY_SPEC": str(spec), "SHOAL_DRAIN_GRACE": "1",
-             "SHOAL_DISCOVERY": f"static:users=http://127.0.0.1:{b1},http://127.0.0.1:{b2}"},
+             "SHOAL_DISCOVERY": f"static:users=http://127.0.0.1:{b1},http://127.0.0.1:{b2}",
+             **gateway_env},
             tmp / "gateway.log",
         )
         procs.append(gateway)
@@ -169,7 +198,8 @@ def fleet(tmp: Path, gateway_target: str) -> Iterator[dict[str, str]]:
                 "shoal gateway": f"http://127.0.0.1:{gateway_port}{PATH}"}
         nginx.wait_ready(urls["nginx"])
         gateway.wait_ready(urls["shoal gateway"])
-        yield urls
+        yield urls, {"nginx": nginx, "shoal gateway": gateway,
+                     "backends": _Group(procs[:2])}
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -180,25 +210,36 @@ def main() -> int:
     add_arguments(parser)
     parser.add_argument("--gateway", default="shoal.platform.gateway:app",
                         help="the gateway app to serve (module:attribute)")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the gateway process (repeatable)")
     args = parser.parse_args()
     apply_quick(args)
+    gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
     names = ["nginx", "shoal gateway"]
     samples: dict[str, list[Sample]] = {n: [] for n in names}
+    # CPU microseconds per request, per round: the proxy's own, and the two backends'.
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    backend_cpu: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="shoal-bench-gw-") as tmpdir:
         tmp = Path(tmpdir)
-        with fleet(tmp, args.gateway) as urls:
+        with fleet(tmp, args.gateway, gateway_env) as (urls, procs):
             for name in names:
                 run_wrk(urls[name], duration=args.warmup, connections=args.connections,
                         threads=args.threads)
             for r in range(args.rounds):
                 order = names if r % 2 == 0 else names[::-1]
                 for name in order:
+                    before = procs[name].cpu_seconds(), procs["backends"].cpu_seconds()
                     s = run_wrk(urls[name], duration=args.duration,
                                 connections=args.connections, threads=args.threads)
+                    after = procs[name].cpu_seconds(), procs["backends"].cpu_seconds()
+                    requests = max(1.0, s.rps * args.duration)
+                    cpu[name].append((after[0] - before[0]) / requests * 1e6)
+                    backend_cpu[name].append((after[1] - before[1]) / requests * 1e6)
                     samples[name].append(s)
                     print(f"  round {r + 1}/{args.rounds}  {name:<14} {s.rps:9.0f} req/s  "
-                          f"p99 {s.p99_ms:7.2f} ms  errors {s.non_2xx + s.socket_errors}",
-                          flush=True)
+                          f"p99 {s.p99_ms:7.2f} ms  proxy CPU {cpu[name][-1]:6.1f} us/req  "
+                          f"errors {s.non_2xx + s.socket_errors}", flush=True)
             gateway_lines = sum(1 for line in (tmp / "gateway.log").open("rb")
                                 if b'"shoal.access"' in line)
     base = samples["nginx"]
@@ -207,15 +248,18 @@ def main() -> int:
     print(f"Command: {command_line()}")
     print(f"Gateway access-log lines written: {gateway_lines}")
     print()
-    print("| proxy | req/s (median) | p99 ms (median) | x nginx req/s (median, min-max) |")
-    print("|---|---:|---:|---:|")
+    print("| proxy | req/s (median) | p99 ms (median) | x nginx req/s (median, min-max) "
+          "| proxy CPU us/req (median) | backends CPU us/req (median) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name in names:
         ratios = [s.rps / b.rps for s, b in zip(samples[name], base, strict=True)]
         errors = sum(s.non_2xx + s.socket_errors for s in samples[name])
         print(f"| {name}{f' ({errors} errors)' if errors else ''} "
               f"| {statistics.median(s.rps for s in samples[name]):,.0f} "
               f"| {statistics.median(s.p99_ms for s in samples[name]):.2f} "
-              f"| {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
+              f"| {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
+              f"| {statistics.median(cpu[name]):.1f} "
+              f"| {statistics.median(backend_cpu[name]):.1f} |")
     return 0
 
 

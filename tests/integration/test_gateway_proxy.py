@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.integration._gateway import backend, gateway, request, start_all
 
 from shoal.platform.gateway import mint_token
-from shoal.testing import ServerProcess, free_port
+from shoal.testing import ServerProcess, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -137,9 +137,9 @@ def test_request_headers_are_cleaned_and_forwarded_headers_set(fleet: Fleet) -> 
     for hop in ("x-hop", "keep-alive", "te", "proxy-authorization", "upgrade"):
         assert hop not in seen, hop
     assert seen.get("connection", "keep-alive") == "keep-alive"  # the gateway's own hop only
-    # uvicorn trusts X-Forwarded-For from 127.0.0.1 (FORWARDED_ALLOW_IPS), so the client is
-    # 203.0.113.9 and the chain is not extended with it twice.
-    assert seen["x-forwarded-for"] == "203.0.113.9"
+    # The client is the connection's peer (a header cannot choose its rate-limit bucket); it
+    # is appended to the caller's chain, as nginx's $proxy_add_x_forwarded_for does.
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
     plain = request(fleet.gw.url, "GET", "/api/users/h").json()["headers"]
     assert plain["x-forwarded-for"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "http"
@@ -345,3 +345,51 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
         assert 1 <= int(reply.header("retry-after") or 0) <= 2
         assert free_port()  # the probes are not rate limited:
         assert gw.get_status("/readyz") == 200
+
+
+def test_every_request_is_counted_and_logged_like_a_chassis_service(fleet: Fleet) -> None:
+    reply = request(fleet.gw.url, "GET", "/api/users/7", headers={"x-request-id": "count-me"})
+    assert reply.status == 200
+    metrics = request(fleet.gw.url, "GET", "/metrics").body.decode()
+    # Labelled by the route's prefix (bounded), never by the raw path.
+    assert any(line.startswith("http_requests_total{") and 'route="/api/users"' in line
+               and 'service="gateway"' in line and 'status="200"' in line
+               for line in metrics.splitlines())
+    assert "/api/users/7" not in metrics
+    line = fleet.gw.wait_for_log(lambda ln: ln.get("request_id") == "count-me"
+                                 and ln.get("event") == "request", timeout=5)
+    assert line["logger"] == "shoal.access"
+    assert (line["method"], line["path"], line["route"], line["status"]) == (
+        "GET", "/api/users/7", "/api/users", 200)
+    assert line["service"] == "gateway"
+    assert len(line["trace_id"]) == 32
+
+
+def test_sigterm_drains_the_gateway_then_it_exits_0(tmp_path: Path) -> None:
+    spec = tmp_path / "shoal.yaml"
+    spec.write_text("system: s\nservices:\n  users: {app: 'x:y'}\ngateway:\n  routes:\n"
+                    "    - {prefix: /api/users, service: users, rewrite: /, timeout: 30}\n")
+    with contextlib.ExitStack() as stack:
+        replicas = start_all(stack, [backend("users")])
+        gw = start_all(stack, [gateway(spec, {"users": replicas}, SHOAL_DRAIN_DELAY="0.5",
+                                       SHOAL_DRAIN_GRACE="20")])[0]
+        slow: dict[str, int] = {}
+        worker = threading.Thread(target=lambda: slow.update(
+            status=request(gw.url, "GET", "/api/users/slow?seconds=2", timeout=20).status))
+        worker.start()
+        wait_until(lambda: 'http_requests_in_flight{service="gateway"} 1.0'
+                   in request(gw.url, "GET", "/metrics").body.decode(), timeout=10,
+                   what="the slow request in flight")
+        gw.terminate()
+        # Readiness fails at once; requests are still served while the slow one finishes.
+        wait_until(lambda: request(gw.url, "GET", "/readyz").status == 503, timeout=5,
+                   what="/readyz 503 after SIGTERM")
+        assert request(gw.url, "GET", "/readyz").json()["status"] == "draining"
+        assert request(gw.url, "GET", "/api/users/7").status == 200
+        assert worker.is_alive(), "the slow request ended before the drain was observed"
+        worker.join(20)
+        assert slow["status"] == 200
+        assert gw.wait(20) == 0
+        events = [ln.get("event") for ln in gw.log_lines()]
+        assert "drain.started" in events
+        assert events.index("drain.started") < events.index("server.stopped")

@@ -23,7 +23,6 @@ from shoal.platform.gateway import (
     forward_response_headers,
     mint_token,
 )
-from shoal.platform.gateway._proxy import BodyTooLargeError, _BodyStream
 from shoal.platform.gateway._routes import has_dot_segment
 from shoal.platform.spec import Route, RouteAuth
 
@@ -194,17 +193,3 @@ def test_mint_token_rejects_bad_arguments() -> None:
         mint_token(SECRET, subject="a", scopes=[], ttl=0)
     with pytest.raises(ConfigurationError):
         mint_token(SECRET, subject="a", scopes=[], ttl=10, algorithm="HS512")
-
-
-async def test_body_stream_stops_past_the_limit() -> None:
-    messages = iter([{"type": "http.request", "body": b"x" * 6, "more_body": True},
-                     {"type": "http.request", "body": b"x" * 6, "more_body": True}])
-
-    async def receive() -> dict[str, object]:
-        return next(messages)
-
-    stream = _BodyStream(receive, 10)
-    assert await stream.__anext__() == b"x" * 6
-    with pytest.raises(BodyTooLargeError):
-        await stream.__anext__()
-    assert stream.too_large

@@ -1,4 +1,4 @@
-"""The API gateway: the system's front door, itself a Shoal chassis service.
+"""The API gateway: the system's front door, itself a Shoal service with its own server.
 
 ::
 
@@ -9,7 +9,10 @@ prefix rewrite); requests are forwarded only to the instances discovery knows, t
 resilient client (balancing, outlier ejection, breaker, budgeted retries of idempotent
 requests, the route's timeout as deadline), with bodies streamed both ways. Per route: JWT
 bearer auth; per gateway: a body size limit and a per-client rate limit (in process, or in
-Redis shared by the replicas). See ``docs/gateway.md``.
+Redis shared by the replicas). It answers the chassis probes, counts and logs every request
+like any chassis service, and runs on its own HTTP/1.1 server (uvloop + httptools, chosen by
+measurement), which drains on SIGTERM as ``shoal serve`` does for every service. See
+``docs/gateway.md``.
 """
 
 from __future__ import annotations
@@ -18,13 +21,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shoal._asgi import ShoalMiddleware
-from shoal._chassis import Chassis
 from shoal._errors import ConfigurationError
 from shoal.discovery import Resolver
 from shoal.platform.gateway._auth import AuthError, TokenVerifier, mint_token
 from shoal.platform.gateway._headers import forward_request_headers, forward_response_headers
-from shoal.platform.gateway._proxy import GatewayApp
+from shoal.platform.gateway._proxy import GatewayHandler
 from shoal.platform.gateway._ratelimit import (
     LocalRateLimiter,
     RateLimiter,
@@ -41,7 +42,7 @@ __all__ = [
     "GATEWAY_SERVICE",
     "SPEC_SETTING",
     "AuthError",
-    "GatewayApp",
+    "GatewayHandler",
     "LocalRateLimiter",
     "RateLimiter",
     "RedisRateLimiter",
@@ -61,23 +62,23 @@ def create_app(
     resolver: Resolver | None = None,
     base_dir: Path | None = None,
     limiter: RateLimiter | None = None,
-) -> ShoalMiddleware:
-    """The gateway as an ASGI app, wrapped in the chassis middleware (service ``gateway``:
-    probes, metrics by route prefix, JSON access log, trace and request id).
+) -> GatewayHandler:
+    """The gateway (service ``gateway``: probes, metrics by route prefix, JSON access log,
+    trace and request id); ``shoal serve`` runs it on its own server
+    (:meth:`GatewayHandler.shoal_serve`).
 
     ``resolver`` defaults to ``$SHOAL_DISCOVERY``; relative key files in route ``auth`` are
     resolved against ``base_dir`` (default: the current directory); ``limiter`` replaces the
     one ``gateway.rate_limit`` configures. Raises :class:`~shoal.ConfigurationError` for a
     missing secret, an unreadable key or an unusable discovery setting.
     """
-    proxy = GatewayApp(gateway, resolver=resolver, base_dir=base_dir, limiter=limiter)
-    return ShoalMiddleware(proxy, Chassis(GATEWAY_SERVICE))
+    return GatewayHandler(gateway, resolver=resolver, base_dir=base_dir, limiter=limiter)
 
 
-_app: ShoalMiddleware | None = None
+_app: GatewayHandler | None = None
 
 
-def _app_from_env() -> ShoalMiddleware:
+def _app_from_env() -> GatewayHandler:
     global _app
     if _app is None:
         path = os.environ.get(SPEC_SETTING)

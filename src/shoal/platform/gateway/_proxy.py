@@ -1,20 +1,28 @@
-"""The gateway's ASGI app: route, check, forward through Shoal's client, stream back.
+"""The gateway's request handling: route, check, forward through Shoal's client, stream back.
 
-Per request, in order: route by longest prefix (404), method (405), dot segments (400),
-rate limit (429), bearer token (401/403), declared body size (413); then the request is
-forwarded with the route's timeout as its deadline, the request body streaming upstream as it
-arrives and the response streaming back. Every refusal is ``application/problem+json``.
-The chassis middleware around this app answers the probes, continues the trace, counts and
-logs each request.
+Per request, in order: the chassis part (probes; trace, request id and deadline; chaos faults
+when enabled), then route by longest prefix (404), method (405), dot segments (400), rate
+limit (429), bearer token (401/403), declared body size (413); then the request is forwarded
+with the route's timeout as its deadline, the request body streaming upstream as it arrives
+and the response streaming back. Every refusal is ``application/problem+json``. Each request
+is counted in the chassis metrics and logged as one JSON access line.
+
+It runs on the gateway's own HTTP/1.1 server (:mod:`._server`), not on an ASGI server: that
+server hands it the parsed head and writes each answer in one ``write``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import AsyncIterator
+import time
 from pathlib import Path
 
-from shoal._asgi import Receive, Scope, Send
+import uvloop
+
+from shoal._chaos import CHAOS_HEADER, poller_from_env
+from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
+from shoal._context import enter_request, incoming_context
 from shoal._errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -26,7 +34,7 @@ from shoal._errors import (
     UpstreamTimeoutError,
 )
 from shoal._logging import get_logger
-from shoal._problem import PROBLEM_CONTENT_TYPE, problem_body
+from shoal._settings import Settings
 from shoal.client import AsyncClient, BulkheadPolicy, StreamingResponse, Timeouts
 from shoal.client._h1transport import H1Transport
 from shoal.discovery import Resolver
@@ -34,96 +42,33 @@ from shoal.platform.gateway._auth import AuthError, TokenVerifier
 from shoal.platform.gateway._headers import forward_request_headers, forward_response_headers
 from shoal.platform.gateway._ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from shoal.platform.gateway._routes import MatchedRoute, RouteTable, has_dot_segment
+from shoal.platform.gateway._server import (
+    BodyTooLargeError,
+    ClientGoneError,
+    Connection,
+    Headers,
+    Request,
+    RequestBody,
+    serve,
+)
 from shoal.platform.spec import GATEWAY_SERVICE, Gateway
 
 _log = get_logger("shoal.gateway")
-_PROBLEM = PROBLEM_CONTENT_TYPE.encode()
+_errors = get_logger("shoal.error")
 #: Request bodies up to this size with a declared length are read whole before forwarding,
 #: so the request stays replayable (an idempotent PUT can be retried); larger ones stream.
 BUFFER_LIMIT = 64 * 1024
+_PROBES = frozenset({LIVEZ, READYZ, METRICS})
+_B_REQUEST_ID = b"x-request-id"
+_B_CHAOS = CHAOS_HEADER.lower().encode()
 
 
-class BodyTooLargeError(Exception):
-    """The request body grew past ``max_body_bytes`` while streaming."""
-
-
-class ClientGoneError(Exception):
-    """The caller disconnected before its request body was complete."""
-
-
-class _BodyStream:
-    """The ASGI request body as an async iterator of chunks, counted against the limit.
-
-    The server stops reading the socket while its buffer is full, so memory stays bounded by
-    a few chunks however large the upload is."""
-
-    __slots__ = ("_limit", "_more", "_receive", "received", "too_large")
-
-    def __init__(self, receive: Receive, limit: int) -> None:
-        self._receive = receive
-        self._limit = limit
-        self._more = True
-        self.received = 0
-        self.too_large = False
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while self._more:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self._more = False
-                raise ClientGoneError
-            chunk: bytes = message.get("body", b"")
-            self._more = message.get("more_body", False)
-            self.received += len(chunk)
-            if self.received > self._limit:
-                self.too_large = True
-                self._more = False
-                raise BodyTooLargeError
-            if chunk:
-                return chunk
-        raise StopAsyncIteration
-
-
-async def _read_small_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole (declared small) body; ``None`` when it exceeds ``limit`` or the caller left."""
-    parts: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(parts)
-
-
-async def send_problem(
-    send: Send, status: int, detail: str, instance: str,
-    headers: list[tuple[bytes, bytes]] | None = None, *, title: str | None = None,
-) -> None:
-    """Answer with an RFC 9457 problem (``trace_id`` and ``request_id`` included)."""
-    body = problem_body(status, title=title, detail=detail, instance=instance)
-    out = [(b"content-type", _PROBLEM), (b"content-length", str(len(body)).encode())]
-    if headers:
-        out.extend(headers)
-    await send({"type": "http.response.start", "status": status, "headers": out})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
+def _retry_after(seconds: float) -> Headers:
     return [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
 
 
-class GatewayApp:
-    """The gateway as a plain ASGI app (wrap it in the chassis middleware: :func:`create_app`).
+class GatewayHandler:
+    """Handles each request the gateway's server parsed (see the module docstring).
 
     It only ever forwards to instances its client's resolver names for a route's service:
     the upstream URL is the logical ``http://<service>`` plus a path that always starts with
@@ -137,8 +82,10 @@ class GatewayApp:
         resolver: Resolver | None = None,
         base_dir: Path | None = None,
         limiter: RateLimiter | None = None,
+        chassis: Chassis | None = None,
     ) -> None:
         self.gateway = gateway
+        self.chassis = chassis or Chassis(GATEWAY_SERVICE)
         self.routes = RouteTable(gateway.routes)
         self.max_body = gateway.max_body_bytes
         self._verifiers: dict[str, TokenVerifier] = {}
@@ -169,65 +116,108 @@ class GatewayApp:
         )
         for compiled in self.routes._routes:  # subscribe to discovery now, not per request
             self.client.upstream(compiled.route.service)
+        # Decided once: without SHOAL_CHAOS=1 the request path only tests ``is None``.
+        self._chaos = poller_from_env(self.chassis.service, self.chassis.instance)
+
+    def shoal_serve(self, settings: Settings) -> None:
+        """Run the gateway's own server (``shoal serve`` calls this) until SIGTERM, then drain.
+        """
+        uvloop.run(serve(self, settings, max_body=self.max_body, on_stop=self.aclose))
 
     async def aclose(self) -> None:
         await self.client.aclose()
         if self.limiter is not None:
             await self.limiter.aclose()
+        if self._chaos is not None:
+            self._chaos.stop()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-        else:  # websockets are not proxied
-            await receive()
-            await send({"type": "websocket.close", "code": 1003})
+    # -- the chassis part ---------------------------------------------------------------------
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def __call__(self, request: Request, conn: Connection) -> None:
+        path = request.path
+        if path in _PROBES and request.method in ("GET", "HEAD"):
+            status, body, content_type, extra = await self.chassis.probe(path)
+            conn.respond(request, status, [(b"content-type", content_type), *extra], body)
+            return
+        chassis = self.chassis
+        now = time.monotonic()
+        trace, request_id, deadline = incoming_context(request.headers, now)
+        start = time.perf_counter()
+        ctx = enter_request(trace, request_id, deadline)
+        rid = (_B_REQUEST_ID, request_id.encode("latin-1"))
+        chassis.request_started()
+        started = False
+        try:
+            if deadline is not None and deadline <= now:
+                conn.problem(request, 504, "The request's deadline was already spent.", [rid])
+            elif self._chaos is None or not await self._fault(request, conn, rid):
+                started = True
+                await self._proxy(request, conn, rid)
+        except Exception as exc:  # noqa: BLE001 - the 500 safety net: log, answer, go on
+            route = request.route or UNMATCHED_ROUTE
+            chassis.exception_raised(route, exc)
+            _errors.exception("request.failed", method=request.method, path=path, route=route)
+            if (started and request.status != 500) or conn.closed:
+                conn.cut()  # the answer had begun: the caller sees the connection close
+            else:
+                conn.problem(request, 500, "An internal error occurred; it was logged with "
+                                           "this trace id.", [rid])
+        finally:
+            duration = time.perf_counter() - start
+            route = request.route or UNMATCHED_ROUTE
+            chassis.finish_request(request.method, path, route, request.status, duration)
+            ctx.exit()
 
-    async def _http(  # noqa: PLR0911, PLR0912, PLR0915 - one linear sequence of checks, on purpose
-        self, scope: Scope, receive: Receive, send: Send
+    async def _fault(self, request: Request, conn: Connection, rid: tuple[bytes, bytes]) -> bool:
+        """Apply injected faults; ``True`` when the request was answered (or aborted)."""
+        assert self._chaos is not None
+        fault = self._chaos.decision()
+        if not fault.active:
+            return False
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.abort:
+            # Headers promising a body that never comes, then the connection drops.
+            conn.start(request, 500, [(b"content-length", b"64"), (_B_CHAOS, b"abort"), rid],
+                       sized=True)
+            conn.cut()
+            return True
+        if fault.status is not None:
+            conn.problem(request, fault.status, "Injected fault (shoal chaos).",
+                         [(_B_CHAOS, b"errors"), rid])
+            return True
+        return False
+
+    # -- the gateway part ---------------------------------------------------------------------
+
+    async def _proxy(  # noqa: PLR0911, PLR0912 - one linear sequence of checks, on purpose
+        self, request: Request, conn: Connection, rid: tuple[bytes, bytes]
     ) -> None:
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        path = raw_path.decode("latin-1")
+        path = request.path
         route = self.routes.match(path)
         if route is None:
-            await send_problem(send, 404, "No route matches this path.", scope["path"])
+            conn.problem(request, 404, "No route matches this path.", [rid])
             return
-        scope["route"] = route.label
-        method: str = scope["method"]
+        request.route = route.prefix  # the metric label: bounded, never the raw path
+        method = request.method
         if route.methods is not None and method not in route.methods:
             allow = ", ".join(sorted(route.methods)).encode()
-            await send_problem(send, 405, f"{method} is not allowed on this route.",
-                               scope["path"], [(b"allow", allow)])
+            conn.problem(request, 405, f"{method} is not allowed on this route.",
+                         [(b"allow", allow), rid])
             return
         if has_dot_segment(path):
-            await send_problem(send, 400, "Dot segments are not allowed in the path.",
-                               scope["path"])
+            conn.problem(request, 400, "Dot segments are not allowed in the path.", [rid])
             return
-        client = scope.get("client")
-        client_ip = client[0] if client else None
         if self.limiter is not None:
-            wait = await self.limiter.acquire(client_ip or "-")
+            wait = await self.limiter.acquire(request.client_ip or "-")
             if wait > 0:
-                await send_problem(send, 429, "Rate limit exceeded; retry later.",
-                                   scope["path"], _retry_after(wait))
+                conn.problem(request, 429, "Rate limit exceeded; retry later.",
+                             [*_retry_after(wait), rid])
                 return
-        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         length: int | None = None
         chunked = False
         authorization = None
-        for name, value in raw_headers:
+        for name, value in request.headers:
             if name == b"content-length":
                 try:
                     length = int(value)
@@ -242,38 +232,35 @@ class GatewayApp:
             try:
                 verifier.verify(authorization)
             except AuthError as exc:
-                await send_problem(send, exc.status, exc.detail, scope["path"],
-                                   [(b"www-authenticate", exc.challenge.encode())])
+                conn.problem(request, exc.status, exc.detail,
+                             [(b"www-authenticate", exc.challenge.encode()), rid])
                 return
         if length is not None and length > self.max_body:
-            await send_problem(send, 413, f"The body exceeds {self.max_body} bytes.",
-                               scope["path"])
+            conn.problem(request, 413, f"The body exceeds {self.max_body} bytes.", [rid])
             return
-        body: bytes | _BodyStream | None = None
-        if chunked or (length is not None and length > BUFFER_LIMIT):
-            body = _BodyStream(receive, self.max_body)
-        elif length:
-            body = await _read_small_body(receive, min(length, self.max_body))
+        body: bytes | RequestBody | None = request.body
+        if request.body is not None and not chunked and length is not None \
+                and length <= BUFFER_LIMIT:
+            body = await request.body.read_all()
             if body is None:
                 return  # the caller left, or sent more than it declared
-        headers = forward_request_headers(
-            raw_headers, client_ip=client_ip, scheme=scope.get("scheme", "http")
-        )
+        headers = forward_request_headers(request.headers, client_ip=request.client_ip,
+                                          scheme="http")
         target = route.upstream_path(path)
-        query: bytes = scope.get("query_string", b"")
-        if query:
-            target = f"{target}?{query.decode('latin-1')}"
+        if request.query:
+            target = f"{target}?{request.query.decode('latin-1')}"
         try:
             response = await self.client.stream(
                 method, route.service_url + target, headers=headers, body=body,
                 timeout=route.timeout,
             )
         except UpstreamError as exc:
-            await self._upstream_failed(send, exc, route, scope, body)
+            self._upstream_failed(request, conn, exc, route, body, rid)
             return
-        await self._relay(send, response, route)
+        await self._relay(request, conn, response, route, rid)
 
-    async def _relay(self, send: Send, response: StreamingResponse, route: MatchedRoute) -> None:
+    async def _relay(self, request: Request, conn: Connection, response: StreamingResponse,
+                     route: MatchedRoute, rid: tuple[bytes, bytes]) -> None:
         try:
             iterator = response.__aiter__()
             headers = forward_response_headers(response.raw_headers)
@@ -282,6 +269,10 @@ class GatewayApp:
                 if name == b"content-length":
                     length = value
                     break
+            headers.append(rid)
+            if request.method == "HEAD":
+                conn.start(request, response.status, headers, sized=True)
+                return
             try:
                 first = await iterator.__anext__()
             except StopAsyncIteration:
@@ -289,32 +280,35 @@ class GatewayApp:
                 done = True
             else:
                 done = length is not None and length == b"%d" % len(first)
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": headers})
-            await send({"type": "http.response.body", "body": first, "more_body": not done})
+            if done and length is None:
+                conn.respond(request, response.status, headers, first)
+                return
+            # (the upstream's own content-length, when it sent one, is in ``headers``)
+            conn.start(request, response.status, headers, sized=length is not None, first=first)
             if done:
                 return
             async for chunk in iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if conn.closed:
+                    break  # the caller left: stop reading (the connection is not reused)
+                await conn.send(chunk)
+            conn.end()
         except UpstreamError as exc:
             # Too late for a problem response: the caller sees the connection close early.
             _log.warning("gateway.response_aborted", route=route.prefix, error=str(exc))
+            conn.cut()
         finally:
             await response.aclose()
 
-    async def _upstream_failed(
-        self, send: Send, exc: UpstreamError, route: MatchedRoute, scope: Scope,
-        body: bytes | _BodyStream | None,
+    def _upstream_failed(  # noqa: PLR0917
+        self, request: Request, conn: Connection, exc: UpstreamError, route: MatchedRoute,
+        body: bytes | RequestBody | None, rid: tuple[bytes, bytes],
     ) -> None:
-        instance = scope["path"]
-        if isinstance(body, _BodyStream):
+        if isinstance(body, RequestBody):
             if body.too_large:
-                await send_problem(send, 413, f"The body exceeds {self.max_body} bytes.",
-                                   instance)
+                conn.problem(request, 413, f"The body exceeds {self.max_body} bytes.", [rid])
                 return
             cause = exc.__cause__
-            if isinstance(cause, ClientGoneError) or isinstance(
+            if isinstance(cause, ClientGoneError | BodyTooLargeError) or isinstance(
                 getattr(cause, "__cause__", None), ClientGoneError
             ):
                 return
@@ -325,15 +319,13 @@ class GatewayApp:
                     [(k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
                 ) if n != b"content-length"
             ]
-            headers.append((b"content-length", str(len(exc.body)).encode()))
-            await send({"type": "http.response.start", "status": exc.status,
-                        "headers": headers})
-            await send({"type": "http.response.body", "body": exc.body})
+            headers.append(rid)
+            conn.respond(request, exc.status, headers, exc.body)
             return
         status, detail, extra = _problem_for(exc, route)
         _log.warning("gateway.upstream_failed", route=route.prefix, service=exc.service,
                      error=type(exc).__name__, status=status)
-        await send_problem(send, status, detail, instance, extra)
+        conn.problem(request, status, detail, [*(extra or ()), rid])
 
 
 def _problem_for(

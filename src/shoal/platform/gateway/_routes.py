@@ -7,20 +7,10 @@ from urllib.parse import unquote
 from shoal.platform.spec import Route
 
 
-class RouteLabel:
-    """What the chassis middleware reads as the route template of a request (metrics and
-    the access log): the route's prefix, never the raw path, so label values stay bounded."""
-
-    __slots__ = ("path_format",)
-
-    def __init__(self, prefix: str) -> None:
-        self.path_format = prefix
-
-
 class MatchedRoute:
     """A compiled :class:`Route`: its prefix, rewrite, methods and metric label."""
 
-    __slots__ = ("label", "methods", "prefix", "rewrite", "route", "service_url", "timeout")
+    __slots__ = ("methods", "prefix", "rewrite", "route", "service_url", "timeout")
 
     def __init__(self, route: Route) -> None:
         self.route = route
@@ -28,7 +18,6 @@ class MatchedRoute:
         self.rewrite = route.rewrite
         self.timeout = route.timeout
         self.methods = frozenset(route.methods) if route.methods else None
-        self.label = RouteLabel(route.prefix)
         #: The client's URL base for the route's service (a logical name, never a host).
         self.service_url = f"http://{route.service}"
 
