@@ -65,7 +65,7 @@ async def backend(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 NGINX_CONF = """
-worker_processes 1;
+worker_processes {workers};
 error_log {tmp}/nginx-error.log warn;
 pid {tmp}/nginx.pid;
 events {{ worker_connections 1024; }}
@@ -137,16 +137,21 @@ class Proc:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the process and its children (nginx's worker) so far."""
-        total = 0.0
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the process and its children so far."""
+        user = system = 0.0
         try:
             root = psutil.Process(self.proc.pid)
             for p in [root, *root.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
                     t = p.cpu_times()
-                    total += t.user + t.system
+                    user += t.user
+                    system += t.system
         except psutil.Error:
             pass
-        return total
+        return user, system
 
 
 class _Group:
@@ -158,6 +163,10 @@ class _Group:
     def cpu_seconds(self) -> float:
         return sum(p.cpu_seconds() for p in self.procs)
 
+    def cpu_split(self) -> tuple[float, float]:
+        splits = [p.cpu_split() for p in self.procs]
+        return sum(u for u, _ in splits), sum(s for _, s in splits)
+
 
 def shoal_serve(target: str, port: int) -> list[str]:
     return [sys.executable, "-m", "shoal", "serve", target, "--port", str(port)]
@@ -165,10 +174,11 @@ def shoal_serve(target: str, port: int) -> list[str]:
 
 @contextlib.contextmanager
 def fleet(
-    tmp: Path, gateway_target: str, gateway_env: dict[str, str]
-) -> Iterator[tuple[dict[str, str], dict[str, Proc]]]:
-    """Two backends, nginx and the gateway; yields (name → URL, name → process).
-    Always stops all of them."""
+    tmp: Path, gateway_target: str, gateway_env: dict[str, str], workers: int = 1
+) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
+    """Two backends, nginx and the gateway (``workers`` nginx workers and as many gateway
+    replicas sharing its port with ``SO_REUSEPORT``, as ``shoal up`` runs them); yields
+    (name → URL, name → process or group). Always stops all of them."""
     procs: list[Proc] = []
     try:
         b1, b2 = free_port(), free_port()
@@ -180,25 +190,32 @@ def fleet(
             proc.wait_ready(f"http://127.0.0.1:{port}/item")
         nginx_port, gateway_port = free_port(), free_port()
         conf = tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp, b1=b1, b2=b2, port=nginx_port))
+        conf.write_text(NGINX_CONF.format(tmp=tmp, b1=b1, b2=b2, port=nginx_port,
+                                          workers=workers))
         nginx = Proc("nginx", [NGINX, "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"],
                      {}, tmp / "nginx.out")
         procs.append(nginx)
         spec = tmp / "shoal.yaml"
         spec.write_text(SPEC.format(port=gateway_port))
-        gateway = Proc(
-            "gateway", shoal_serve(gateway_target, gateway_port),
-            {"SHOAL_GATEWAY_SPEC": str(spec), "SHOAL_DRAIN_GRACE": "1",
-             "SHOAL_DISCOVERY": f"static:users=http://127.0.0.1:{b1},http://127.0.0.1:{b2}",
-             **gateway_env},
-            tmp / "gateway.log",
-        )
-        procs.append(gateway)
+        replicas = []
+        for i in range(workers):
+            own = gateway_port if workers == 1 else free_port()
+            replica = Proc(
+                f"gateway-{i}", shoal_serve(gateway_target, own),
+                {"SHOAL_GATEWAY_SPEC": str(spec), "SHOAL_DRAIN_GRACE": "1",
+                 "SHOAL_DISCOVERY": f"static:users=http://127.0.0.1:{b1},http://127.0.0.1:{b2}",
+                 **({} if workers == 1 else {"SHOAL_SHARED_PORT": str(gateway_port)}),
+                 **gateway_env},
+                tmp / f"gateway-{i}.log",
+            )
+            procs.append(replica)
+            replicas.append(replica)
+            replica.wait_ready(f"http://127.0.0.1:{own}/readyz")
         urls = {"nginx": f"http://127.0.0.1:{nginx_port}{PATH}",
                 "shoal gateway": f"http://127.0.0.1:{gateway_port}{PATH}"}
         nginx.wait_ready(urls["nginx"])
-        gateway.wait_ready(urls["shoal gateway"])
-        yield urls, {"nginx": nginx, "shoal gateway": gateway,
+        replicas[0].wait_ready(urls["shoal gateway"])
+        yield urls, {"nginx": nginx, "shoal gateway": _Group(replicas),
                      "backends": _Group(procs[:2])}
     finally:
         for proc in reversed(procs):
@@ -210,6 +227,9 @@ def main() -> int:
     add_arguments(parser)
     parser.add_argument("--gateway", default="shoal.platform.gateway:app",
                         help="the gateway app to serve (module:attribute)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="nginx worker processes, and gateway replicas sharing the port "
+                             "(SO_REUSEPORT), default 1")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the gateway process (repeatable)")
     args = parser.parse_args()
@@ -219,38 +239,43 @@ def main() -> int:
     samples: dict[str, list[Sample]] = {n: [] for n in names}
     # CPU microseconds per request, per round: the proxy's own, and the two backends'.
     cpu: dict[str, list[float]] = {n: [] for n in names}
+    kernel: dict[str, list[float]] = {n: [] for n in names}
     backend_cpu: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="shoal-bench-gw-") as tmpdir:
         tmp = Path(tmpdir)
-        with fleet(tmp, args.gateway, gateway_env) as (urls, procs):
+        with fleet(tmp, args.gateway, gateway_env, args.workers) as (urls, procs):
             for name in names:
                 run_wrk(urls[name], duration=args.warmup, connections=args.connections,
                         threads=args.threads)
             for r in range(args.rounds):
                 order = names if r % 2 == 0 else names[::-1]
                 for name in order:
+                    split = procs[name].cpu_split()
                     before = procs[name].cpu_seconds(), procs["backends"].cpu_seconds()
                     s = run_wrk(urls[name], duration=args.duration,
                                 connections=args.connections, threads=args.threads)
                     after = procs[name].cpu_seconds(), procs["backends"].cpu_seconds()
                     requests = max(1.0, s.rps * args.duration)
                     cpu[name].append((after[0] - before[0]) / requests * 1e6)
+                    kernel[name].append((procs[name].cpu_split()[1] - split[1]) / requests * 1e6)
                     backend_cpu[name].append((after[1] - before[1]) / requests * 1e6)
                     samples[name].append(s)
                     print(f"  round {r + 1}/{args.rounds}  {name:<14} {s.rps:9.0f} req/s  "
                           f"p99 {s.p99_ms:7.2f} ms  proxy CPU {cpu[name][-1]:6.1f} us/req  "
                           f"errors {s.non_2xx + s.socket_errors}", flush=True)
-            gateway_lines = sum(1 for line in (tmp / "gateway.log").open("rb")
+            gateway_lines = sum(1 for i in range(args.workers)
+                                for line in (tmp / f"gateway-{i}.log").open("rb")
                                 if b'"shoal.access"' in line)
     base = samples["nginx"]
     print()
     print(f"Machine: {machine(['uvicorn', 'uvloop', 'httptools', 'aiohttp'])}")
     print(f"Command: {command_line()}")
+    print(f"Processes per proxy: {args.workers} (nginx workers / gateway replicas)")
     print(f"Gateway access-log lines written: {gateway_lines}")
     print()
     print("| proxy | req/s (median) | p99 ms (median) | x nginx req/s (median, min-max) "
-          "| proxy CPU us/req (median) | backends CPU us/req (median) |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "| proxy CPU us/req (median) | of which kernel | backends CPU us/req (median) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in names:
         ratios = [s.rps / b.rps for s, b in zip(samples[name], base, strict=True)]
         errors = sum(s.non_2xx + s.socket_errors for s in samples[name])
@@ -259,6 +284,7 @@ def main() -> int:
               f"| {statistics.median(s.p99_ms for s in samples[name]):.2f} "
               f"| {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
               f"| {statistics.median(cpu[name]):.1f} "
+              f"| {statistics.median(kernel[name]):.1f} "
               f"| {statistics.median(backend_cpu[name]):.1f} |")
     return 0
 

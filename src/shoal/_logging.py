@@ -13,6 +13,7 @@ Use :func:`get_logger` for structured events::
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import sys
@@ -183,6 +184,18 @@ def batch_writes(loop: asyncio.AbstractEventLoop | None) -> None:
     if _batch is not None:
         _batch.flush()
     _batch = None if loop is None else _Batch(loop)
+    if _batch is not None and not _exit_hook:
+        _exit_hook.append(atexit.register(_flush_at_exit))
+
+
+_exit_hook: list[object] = []
+
+
+def _flush_at_exit() -> None:
+    batch = _batch
+    if batch is not None:
+        batch.thread = threading.get_ident()  # (the interpreter's last thread writes it)
+        batch.flush()
 
 
 def configure_logging(level: str | int = "INFO") -> None:

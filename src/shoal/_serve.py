@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from shoal._chassis import Chassis, instances
 from shoal._errors import ConfigurationError
-from shoal._logging import configure_logging, get_logger
+from shoal._logging import batch_writes, configure_logging, get_logger
 from shoal._registration import Registrar, bound_port, start_registration
 from shoal._settings import Settings
 
@@ -106,12 +106,14 @@ def serve_asgi(app: Any, settings: Settings) -> None:
             listening = [s for server in self.servers for s in server.sockets]
             port = bound_port(listening, settings.port)
             self._shoal_registrar = start_registration(settings, port=port)
+            batch_writes(asyncio.get_running_loop())  # access lines: one write per 20 ms
 
         async def serve(self, sockets: Any = None) -> None:
             self._shoal_loop = asyncio.get_running_loop()
             try:
                 await super().serve(sockets)
             finally:
+                batch_writes(None)
                 if self._shoal_registrar is not None:
                     await asyncio.to_thread(self._shoal_registrar.close)
 

@@ -127,6 +127,16 @@ class _Body:
     def __aiter__(self) -> _Body:
         return self
 
+    def take_all(self) -> bytes | None:
+        """The rest of the body when all of it has arrived already (no wait), else ``None``."""
+        exchange = self._exchange
+        if not exchange.complete or exchange.error is not None:
+            return None
+        chunks = exchange.chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return data
+
     async def __anext__(self) -> bytes:
         try:
             return await self._exchange.__anext__()
@@ -173,6 +183,8 @@ class H1Transport:
         self._pools: dict[str, Pool] = {}
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        #: The event loop the connections live on (a transport serves one loop at a time).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def open_connections(self) -> int:
@@ -208,10 +220,16 @@ class H1Transport:
                                 request.body, streamed=request.stream is not None)
         except ValueError as exc:
             raise ConfigurationError("headers", str(exc)) from exc
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            # (cached: ``get_running_loop`` costs a ``getpid`` system call per call)
+            loop = self._loop = asyncio.get_running_loop()
         deadline = None if request.timeout is None else loop.time() + request.timeout
         for _ in range(2):
-            conn, reused = await self._acquire(pool, loop, deadline, request)
+            conn = self._take_idle(pool, loop)  # (the common case, without a coroutine)
+            reused = conn is not None
+            if conn is None:
+                conn, reused = await self._acquire(pool, loop, deadline, request)
             timeout = None if deadline is None else deadline - loop.time()
             exchange = conn.send(request.method, head, request.body, request.stream, timeout)
             try:
@@ -243,17 +261,24 @@ class H1Transport:
         elif not conn.lost:
             conn.close()
 
+    def _take_idle(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> H1Connection | None:
+        """The most recently used idle connection still fit for use, if any."""
+        idle = pool.idle
+        while idle:
+            conn = idle.pop()
+            if conn.lost:
+                continue
+            if loop.time() - conn.idle_since > self._expiry:
+                conn.close()
+                continue
+            return conn
+        return None
+
     async def _acquire(self, pool: Pool, loop: asyncio.AbstractEventLoop,
                        deadline: float | None, request: Request) -> tuple[H1Connection, bool]:
         while True:
-            idle = pool.idle
-            while idle:
-                conn = idle.pop()
-                if conn.lost:
-                    continue
-                if loop.time() - conn.idle_since > self._expiry:
-                    conn.close()
-                    continue
+            conn = self._take_idle(pool, loop)
+            if conn is not None:
                 return conn, True
             if self._has_room(pool):
                 return await self._connect(pool, loop, deadline, request), False

@@ -160,6 +160,12 @@ class StreamingResponse:
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._body
 
+    def body_if_complete(self) -> bytes | None:
+        """The rest of the body when the transport already holds all of it (nothing to wait
+        for), else ``None`` (then iterate). Lets a relay answer in one write."""
+        take = getattr(self._body, "take_all", None)
+        return None if take is None else take()
+
     async def aread(self, limit: int | None = None) -> bytes:
         """The rest of the body (at most ``limit`` bytes: the remainder is discarded)."""
         parts: list[bytes] = []

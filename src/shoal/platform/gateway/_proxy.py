@@ -273,20 +273,14 @@ class GatewayHandler:
             if request.method == "HEAD":
                 conn.start(request, response.status, headers, sized=True)
                 return
-            try:
-                first = await iterator.__anext__()
-            except StopAsyncIteration:
-                first = b""
-                done = True
-            else:
-                done = length is not None and length == b"%d" % len(first)
-            if done and length is None:
-                conn.respond(request, response.status, headers, first)
+            whole = response.body_if_complete()
+            if whole is not None:  # (a small answer that arrived with its head: one write)
+                if length is None:
+                    conn.respond(request, response.status, headers, whole)
+                else:  # (the upstream's own content-length is in ``headers``)
+                    conn.start(request, response.status, headers, sized=True, first=whole)
                 return
-            # (the upstream's own content-length, when it sent one, is in ``headers``)
-            conn.start(request, response.status, headers, sized=length is not None, first=first)
-            if done:
-                return
+            conn.start(request, response.status, headers, sized=length is not None)
             async for chunk in iterator:
                 if conn.closed:
                     break  # the caller left: stop reading (the connection is not reused)
