@@ -79,7 +79,7 @@ http {{
     upstream users {{
         server 127.0.0.1:{b1};
         server 127.0.0.1:{b2};
-        keepalive 64;
+        keepalive {keepalive};
     }}
     server {{
         listen 127.0.0.1:{port};
@@ -174,7 +174,8 @@ def shoal_serve(target: str, port: int) -> list[str]:
 
 @contextlib.contextmanager
 def fleet(
-    tmp: Path, gateway_target: str, gateway_env: dict[str, str], workers: int = 1
+    tmp: Path, gateway_target: str, gateway_env: dict[str, str], workers: int = 1,
+    connections: int = 32,
 ) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
     """Two backends, nginx and the gateway (``workers`` nginx workers and as many gateway
     replicas sharing its port with ``SO_REUSEPORT``, as ``shoal up`` runs them); yields
@@ -190,8 +191,10 @@ def fleet(
             proc.wait_ready(f"http://127.0.0.1:{port}/item")
         nginx_port, gateway_port = free_port(), free_port()
         conf = tmp / "nginx.conf"
+        # (upstream keep-alive connections at least as many as wrk's, so nginx never has to
+        # open a new upstream connection per request, as the gateway's pool never does)
         conf.write_text(NGINX_CONF.format(tmp=tmp, b1=b1, b2=b2, port=nginx_port,
-                                          workers=workers))
+                                          workers=workers, keepalive=max(64, connections)))
         nginx = Proc("nginx", [NGINX, "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"],
                      {}, tmp / "nginx.out")
         procs.append(nginx)
@@ -243,7 +246,8 @@ def main() -> int:
     backend_cpu: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="shoal-bench-gw-") as tmpdir:
         tmp = Path(tmpdir)
-        with fleet(tmp, args.gateway, gateway_env, args.workers) as (urls, procs):
+        with fleet(tmp, args.gateway, gateway_env, args.workers,
+                   args.connections) as (urls, procs):
             for name in names:
                 run_wrk(urls[name], duration=args.warmup, connections=args.connections,
                         threads=args.threads)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
 from random import getrandbits as _getrandbits
+from typing import NamedTuple
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -24,9 +24,11 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
 
-@dataclass(frozen=True, slots=True)
-class TraceContext:
-    """A W3C trace context: the trace, this span, and the caller's span (if any)."""
+class TraceContext(NamedTuple):
+    """A W3C trace context: the trace, this span, and the caller's span (if any).
+
+    Immutable (a named tuple: made once per request, several times cheaper than a frozen
+    dataclass)."""
 
     trace_id: str
     span_id: str
@@ -136,7 +138,7 @@ def request_identity(
     if traceparent is None and not valid_request_id(request_id):
         # The common case (an edge request): one random draw for trace, span and request id.
         ids = "%080x" % _getrandbits(320)  # noqa: UP031 - the fastest form
-        return TraceContext(trace_id=ids[:32], span_id=ids[32:48]), ids[48:]
+        return TraceContext(ids[:32], ids[32:48]), ids[48:]
     trace = continue_trace(traceparent, tracestate)
     if request_id is None or not valid_request_id(request_id):
         request_id = new_trace_id()

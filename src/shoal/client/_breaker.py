@@ -233,8 +233,8 @@ class CircuitBreaker:
             window = self._window
             window.add(_FAIL * failure | _SLOW * slow, now)
             calls, failures, slow_calls = window.totals(now)
-            if calls < self.policy.minimum_calls:
-                return
+            if calls < self.policy.minimum_calls or not (failures or slow_calls):
+                return  # (with no failure and no slow call no threshold (> 0) can be reached)
             self._decide(calls, failures, slow_calls, now, close_if_healthy=False)
         elif self.state is BreakerState.HALF_OPEN:
             self._probes_done += 1

@@ -312,11 +312,6 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_size += len(url)
@@ -332,6 +327,10 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         headers = self._headers
+        url = self._url
+        self._url = b""  # (ready for the next head: no on_message_begin callback)
+        self._headers = []
+        self._head_size = 0
         body: RequestBody | None = None
         for name, value in headers:
             if (name == b"content-length" and value.strip() not in (b"0", b"")) \
@@ -341,7 +340,7 @@ class Connection(asyncio.Protocol):
                 body = RequestBody(self, self.state.max_body, expect)
                 break
         self._parsing = body
-        request = Request(parser.get_method().decode("ascii"), self._url, headers,
+        request = Request(parser.get_method().decode("ascii"), url, headers,
                           parser.should_keep_alive(), self.client_ip, body,
                           http10=parser.get_http_version() == "1.0")
         if self.current is None:
