@@ -48,11 +48,11 @@ def _connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
 def forward_request_headers(  # noqa: PLR0912 - one pass over the headers, on purpose
     raw: Sequence[tuple[bytes, bytes]], *, client_ip: str | None, scheme: str
 ) -> dict[str, str]:
-    """The headers to send upstream for a request with ASGI headers ``raw``.
+    """The headers to send upstream for a request with headers ``raw`` (names lower-case).
 
     Drops hop-by-hop headers (and those ``Connection`` names) and anything the gateway sets
-    itself; appends ``client_ip`` to ``X-Forwarded-For`` (unless the chain already ends with
-    it); sets ``X-Forwarded-Proto`` to
+    itself; appends ``client_ip`` (the connection's peer) to ``X-Forwarded-For``, as nginx's
+    ``$proxy_add_x_forwarded_for`` does; sets ``X-Forwarded-Proto`` to
     ``scheme`` and ``X-Forwarded-Host`` to the caller's ``Host``. Repeated headers are joined
     with ``, `` (``Cookie`` with ``; ``), as RFC 9110 allows.
     """
@@ -81,12 +81,7 @@ def forward_request_headers(  # noqa: PLR0912 - one pass over the headers, on pu
         for name in drop:
             headers.pop(name.decode("latin-1"), None)
     if client_ip:
-        if forwarded_for is None:
-            forwarded_for = client_ip
-        elif forwarded_for.rpartition(",")[2].strip() != client_ip:
-            # (A server that trusts its peer's X-Forwarded-For, as uvicorn does for
-            # FORWARDED_ALLOW_IPS, already reports the chain's last entry as the client.)
-            forwarded_for = f"{forwarded_for}, {client_ip}"
+        forwarded_for = client_ip if forwarded_for is None else f"{forwarded_for}, {client_ip}"
     if forwarded_for is not None:
         headers["x-forwarded-for"] = forwarded_for
     headers["x-forwarded-proto"] = scheme
