@@ -44,19 +44,26 @@ def set_identity(*, service: str, instance: str) -> None:
     _identity["instance"] = instance
 
 
-# (whole second, its formatted prefix): strftime+gmtime cost more than the rest of a line.
+# (whole second, its formatted prefix) and (millisecond, its full text): strftime+gmtime cost
+# more than the rest of a line, and a busy server writes many lines per millisecond.
 _iso_cache: tuple[int, str] = (-1, "")
+_iso_ms: tuple[int, str] = (-1, "")
 
 
 def _iso(ts: float) -> str:
-    global _iso_cache
-    ms = int(ts * 1000) % 1000
-    second = int(ts)
+    global _iso_cache, _iso_ms
+    millis = int(ts * 1000)
+    cached_ms, text = _iso_ms
+    if millis == cached_ms:
+        return text
+    second, ms = divmod(millis, 1000)
     cached_second, prefix = _iso_cache
     if second != cached_second:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _iso_cache = (second, prefix)
-    return f"{prefix}.{ms:03d}Z"
+    text = f"{prefix}.{ms:03d}Z"
+    _iso_ms = (millis, text)
+    return text
 
 
 def _default(obj: object) -> str:

@@ -83,7 +83,6 @@ class H1Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self.exchange: Exchange | None = None
         self.raw_headers: list[tuple[bytes, bytes]] = []
@@ -211,7 +210,7 @@ class H1Connection(asyncio.Protocol):
         now = self._loop.time()
         self._activity = now
         self._deadline = _INF if timeout is None else now + timeout
-        self._arm(now)
+        self.pool.owner.watch(self, self.timer_due(now))
         if body is not None and len(body) <= 65536:
             transport.write(head + body)
         else:
@@ -275,9 +274,7 @@ class H1Connection(asyncio.Protocol):
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.detach()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.pool.owner.unwatch(self)
         writer, self._writer = self._writer, None
         reusable = (
             exchange is not None and exchange.complete and exchange.error is None
@@ -320,30 +317,26 @@ class H1Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _arm(self, now: float) -> None:
-        read = self._read_timeout
-        due = self._deadline if read is None else min(self._deadline, now + read)
-        if due != _INF:
-            self._timer = self._loop.call_at(due, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
+    def timer_due(self, now: float) -> float:
+        """When this exchange times out (the deadline, or the read timeout counted from the
+        last bytes while someone waits): ``now`` if it has, ``_INF`` without a bound or once
+        the exchange is over. The transport's one timer calls :meth:`time_out` then."""
         exchange = self.exchange
         if exchange is None or exchange.complete or exchange.error is not None:
-            return
-        now = self._loop.time()
+            return _INF
         read = self._read_timeout
-        expired = now >= self._deadline or (
+        if now >= self._deadline or (
             read is not None and self._waiter is not None and now >= self._activity + read
-        )
-        if expired:
-            self._fail(TimeoutError())
-            self._abort()
-            return
+        ):
+            return now
         due = self._deadline
         if read is not None:
             due = min(due, (self._activity if self._waiter is not None else now) + read)
-        self._timer = self._loop.call_at(due, self._on_timer)
+        return due
+
+    def time_out(self) -> None:
+        self._fail(TimeoutError())
+        self._abort()
 
 
 def request_head(method: str, target: str, host: str, headers: dict[str, str],

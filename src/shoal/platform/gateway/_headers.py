@@ -45,7 +45,7 @@ def _connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
     return frozenset(named)
 
 
-def forward_request_headers(  # noqa: PLR0912 - one pass over the headers, on purpose
+def forward_request_headers(
     raw: Sequence[tuple[bytes, bytes]], *, client_ip: str | None, scheme: str
 ) -> dict[str, str]:
     """The headers to send upstream for a request with headers ``raw`` (names lower-case).
