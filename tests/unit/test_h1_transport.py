@@ -347,3 +347,35 @@ async def test_an_interim_100_continue_is_skipped(transport: H1Transport) -> Non
         response = await transport.handle_async_request(request(server.url))
         assert (response.status, response.content) == (200, b"ok")
         await transport.aclose()
+
+
+async def test_one_timer_serves_exchanges_with_different_timeouts(
+        transport: H1Transport) -> None:
+    """A later exchange with a shorter timeout times out on its own time, not on the earlier
+    exchange's; the earlier one is untouched and still answered."""
+    release = asyncio.Event()
+    long_arrived = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"x-h: long" in head:
+            long_arrived.set()
+            await release.wait()
+            writer.write(OK)
+            await writer.drain()
+        await reader.read()  # the short one: never answered
+
+    async with Server(handler) as server:
+        loop = asyncio.get_running_loop()
+        long_call = asyncio.create_task(transport.handle_async_request(
+            request(server.url, timeout=4.0, headers={"x-h": "long"})))
+        async with asyncio.timeout(5):
+            await long_arrived.wait()  # the long exchange (and its timer) is in flight first
+        started = loop.time()
+        with pytest.raises(UpstreamTimeoutError):
+            await transport.handle_async_request(request(server.url, timeout=0.2))
+        assert loop.time() - started < 1.0  # its own 0.2 s, not the long call's 4 s
+        assert not long_call.done()
+        release.set()
+        response = await long_call
+        assert (response.status, response.content) == (200, b"ok")
