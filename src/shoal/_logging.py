@@ -315,7 +315,7 @@ def log_access(method: str, path: str, route: str, status: int, duration: float)
     logger = _ACCESS_LOGGER
     if not logger.isEnabledFor(logging.INFO):
         return
-    duration_ms = round(duration * 1000, 3)
+    duration_ms = int(duration * 1_000_000 + 0.5) / 1000  # (round(x, 3) is 5x slower)
     handler = _only_our_handler(logger, logging.INFO)
     lock = None if handler is None else handler.lock
     if handler is None or lock is None:

@@ -1,9 +1,15 @@
 """The access log's direct write produces exactly the line the stdlib logging path would."""
 
+import functools
 import io
 import json
 import logging
 import sys
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import shoal
 from shoal import _logging
@@ -62,3 +68,43 @@ def test_timestamp_is_iso_utc_with_milliseconds_across_second_boundaries():
     assert _logging._iso(1.999) == "1970-01-01T00:00:01.999Z"
     assert _logging._iso(2.5) == "1970-01-01T00:00:02.500Z"
     assert _logging._iso(1.25) == "1970-01-01T00:00:01.250Z"
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(method=_TEXT, path=_TEXT, route=_TEXT, request_id=st.none() | _TEXT,
+       status=st.integers(100, 599), duration=st.floats(0, 3600, allow_nan=False))
+def test_the_access_line_is_what_orjson_writes_for_the_stdlib_fields(
+        method: str, path: str, route: str, request_id: str | None, status: int,
+        duration: float) -> None:
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdout", out)
+        _logging.configure_logging("INFO")
+        mp.setattr(logging.getLogger(), "handlers", [_logging._handler])
+        trace = continue_trace(None)
+        scope = enter_request(trace, request_id, None)  # type: ignore[arg-type]
+        try:
+            _logging.log_access(method, path, route, status, duration)
+            # The same fields through the stdlib path (a record factory forces it).
+            factory = logging.getLogRecordFactory()
+            logging.setLogRecordFactory(functools.partial(factory))
+            try:
+                _logging.log_access(method, path, route, status, duration)
+            finally:
+                logging.setLogRecordFactory(factory)
+        finally:
+            scope.exit()
+    # (split on "\n" only: a JSON string may hold U+2028 and friends, which splitlines splits)
+    direct, stdlib = out.getvalue().split("\n")[:-1]
+    # Byte for byte orjson's own serialisation of the parsed line (escapes, separators) ...
+    assert orjson.dumps(json.loads(direct)).decode() == direct
+    parsed, expected = json.loads(direct), json.loads(stdlib)
+    # ... with the stdlib path's fields, in its order (the timestamps may differ by a ms).
+    assert list(parsed) == list(expected)
+    parsed.pop("ts")
+    expected.pop("ts")
+    assert parsed == expected
+    assert parsed["duration_ms"] == pytest.approx(duration * 1000, abs=0.0006)
