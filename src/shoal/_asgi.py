@@ -5,12 +5,11 @@ Plain ASGI (no ``BaseHTTPMiddleware``) so ``ContextVar``s set here are visible t
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from shoal._chaos import CHAOS_HEADER, ChaosAbort, poller_from_env
+from shoal._chaos import CHAOS_HEADER, ChaosAbort, delayed_decision, poller_from_env
 from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
 from shoal._context import REQUEST_ID, enter_request, incoming_context
 from shoal._logging import get_logger
@@ -114,11 +113,9 @@ class ShoalMiddleware:
     async def _fault(self, send: Send, path: str) -> bool:
         """Apply injected faults; ``True`` when the request was answered (or aborted)."""
         assert self._chaos is not None
-        fault = self._chaos.decision()
-        if not fault.active:
+        fault = await delayed_decision(self._chaos)
+        if fault is None:
             return False
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
         if fault.abort:
             # Headers promising a body that never comes, then the server drops the connection
             # (uvicorn closes the transport when the app raises after the response started).

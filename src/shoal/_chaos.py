@@ -14,6 +14,7 @@ rule on its own clock when they are spent, even if the control plane is gone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -119,6 +120,17 @@ def decide(rules: Iterable[FaultRule], now: float, draw: Callable[[], float]) ->
     if not (delay or status is not None or abort):
         return NO_FAULT
     return FaultDecision(delay=delay, status=None if abort else status, abort=abort)
+
+
+async def delayed_decision(poller: ChaosPoller) -> FaultDecision | None:
+    """The faults for one request on an async server, its injected latency already waited;
+    ``None`` when there are none. The caller answers the error or abort its own way."""
+    fault = poller.decision()
+    if not fault.active:
+        return None
+    if fault.delay:
+        await asyncio.sleep(fault.delay)
+    return fault
 
 
 def control_url_from_env(env: Mapping[str, str]) -> str | None:

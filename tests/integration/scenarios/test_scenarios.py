@@ -280,3 +280,21 @@ def test_kill_9_an_orders_replica_during_idempotent_posts_keeps_each_order_exact
     assert len(acked) > 10
     assert all(len(by_key.get(k, [])) == 1 and by_key[k][0] == v for k, v in acked.items())
     assert sorted(order_ids) == sorted(acked.values())  # every order acknowledged, once
+
+
+def test_faults_can_be_injected_at_the_gateway_itself(shop: ShopFleet):
+    """The gateway runs its own server, but takes the same faults as every chassis service."""
+    result = shop.shoal("chaos", "errors", "gateway", "--rate", "1", "--status", "502",
+                        "--for", "30")
+    assert result.returncode == 0, result.stderr
+    try:
+        _, headers, problem = wait_until(
+            lambda: (r := http("GET", f"{shop.gateway}/api/orders/{shop.order_id}"))[0] == 502
+            and r, 10, "the gateway to answer the injected 502")
+        assert headers.get("shoal-chaos") == "errors"
+        assert problem["status"] == 502
+        assert problem["detail"] == "Injected fault (shoal chaos)."
+    finally:
+        assert shop.shoal("chaos", "clear").returncode == 0
+    wait_until(lambda: http("GET", f"{shop.gateway}/api/orders/{shop.order_id}")[0] == 200,
+               10, "the gateway to answer normally once the fault is cleared")

@@ -13,14 +13,13 @@ server hands it the parsed head and writes each answer in one ``write``.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from pathlib import Path
 
 import uvloop
 
-from shoal._chaos import CHAOS_HEADER, poller_from_env
+from shoal._chaos import CHAOS_HEADER, delayed_decision, poller_from_env
 from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
 from shoal._context import enter_request, incoming_context
 from shoal._errors import (
@@ -171,11 +170,9 @@ class GatewayHandler:
     async def _fault(self, request: Request, conn: Connection, rid: tuple[bytes, bytes]) -> bool:
         """Apply injected faults; ``True`` when the request was answered (or aborted)."""
         assert self._chaos is not None
-        fault = self._chaos.decision()
-        if not fault.active:
+        fault = await delayed_decision(self._chaos)
+        if fault is None:
             return False
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
         if fault.abort:
             # Headers promising a body that never comes, then the connection drops.
             conn.start(request, 500, [(b"content-length", b"64"), (_B_CHAOS, b"abort"), rid],
