@@ -149,9 +149,10 @@ class RequestContext:
     """What one request carries: its trace, request id and absolute deadline (or ``None``).
 
     One ``ContextVar`` holds it (one ``set``/``reset`` per request instead of three); a
-    :class:`deadline_scope` installs a copy with the shorter deadline."""
+    :class:`deadline_scope` installs a copy with the shorter deadline. The one
+    :func:`enter_request` made is also the handle to leave it: ``ctx.exit()``."""
 
-    __slots__ = ("deadline", "request_id", "trace")
+    __slots__ = ("_token", "deadline", "request_id", "trace")
 
     def __init__(
         self, trace: TraceContext | None, request_id: str | None, deadline: float | None
@@ -160,6 +161,13 @@ class RequestContext:
         self.request_id = request_id
         #: On the time.monotonic() clock.
         self.deadline = deadline
+        self._token: Token[RequestContext] | None = None
+
+    def exit(self) -> None:
+        """Restore the context as it was before :func:`enter_request` made this one current."""
+        token, self._token = self._token, None
+        if token is not None:
+            _request.reset(token)
 
 
 _EMPTY = RequestContext(None, None, None)
@@ -203,23 +211,17 @@ def parse_deadline_ms(value: str | None, now: float) -> float | None:
     return now + ms / 1000.0
 
 
-class RequestScope:
-    """The token to restore the context after a request; returned by :func:`enter_request`."""
-
-    __slots__ = ("_token",)
-
-    def __init__(self, token: Token[RequestContext]) -> None:
-        self._token = token
-
-    def exit(self) -> None:
-        _request.reset(self._token)
+#: What :func:`enter_request` returns (the request's own context; ``exit()`` leaves it).
+RequestScope = RequestContext
 
 
 def enter_request(
     trace: TraceContext, request_id: str, deadline: float | None
-) -> RequestScope:
+) -> RequestContext:
     """Make ``trace``, ``request_id`` and ``deadline`` current until ``scope.exit()``."""
-    return RequestScope(_request.set(RequestContext(trace, request_id, deadline)))
+    ctx = RequestContext(trace, request_id, deadline)
+    ctx._token = _request.set(ctx)
+    return ctx
 
 
 class deadline_scope:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -15,7 +15,7 @@ from shoal.client._bulkhead import BulkheadPolicy
 from shoal.client._outlier import OutlierPolicy
 from shoal.client._retry import RetryBudgetPolicy, RetryPolicy
 from shoal.client._shell import ClientBase
-from shoal.client._transport import AsyncTransport, Response, StreamingResponse, Timeouts
+from shoal.client._transport import AsyncTransport, Request, Response, StreamingResponse, Timeouts
 from shoal.client._upstream import Call, Fallback, Upstream, outcome_of
 from shoal.discovery import Resolver
 
@@ -66,6 +66,9 @@ class AsyncClient(ClientBase):
 
             transport = AiohttpTransport(timeouts=self.settings.timeouts)
         self._transport = transport
+        # (looked up once: ``stream`` is on a proxy's every request)
+        self._stream_handle: Callable[[Request], Awaitable[StreamingResponse]] | None = getattr(
+            transport, "handle_async_stream", None)
         self._sleep = asyncio.sleep  # tests swap it to observe backoff
 
     async def request(
@@ -143,7 +146,7 @@ class AsyncClient(ClientBase):
         other errors are those of :meth:`request`. Needs a transport with
         ``handle_async_stream`` (the default aiohttp one has it).
         """
-        handle = getattr(self._transport, "handle_async_stream", None)
+        handle = self._stream_handle
         if handle is None:
             raise ConfigurationError("transport", "this transport cannot stream")
         content: bytes | None = None

@@ -94,7 +94,7 @@ class H1Connection(asyncio.Protocol):
         self._buffered = 0
         self._reading_paused = False
         self._writing_paused = False
-        self._head_done = False
+        self.head_done = False
         self._interim = False
         self._keep_alive = False
         self._framed = False  # the response has a Content-Length or is chunked
@@ -128,7 +128,7 @@ class H1Connection(asyncio.Protocol):
         self.pool.forget(self)
         exchange = self.exchange
         if exchange is not None and not exchange.complete:
-            if self._head_done and not self._framed and exc is None:
+            if self.head_done and not self._framed and exc is None:
                 # A body delimited by the connection's close: this is its end.
                 exchange.complete = True
                 self._keep_alive = False
@@ -167,7 +167,7 @@ class H1Connection(asyncio.Protocol):
         exchange = self.exchange
         assert exchange is not None
         exchange.status = status
-        self._head_done = True
+        self.head_done = True
         if self._head_request:  # no body follows, whatever the headers say
             exchange.complete = True
             self._keep_alive = False
@@ -182,7 +182,9 @@ class H1Connection(asyncio.Protocol):
         if self._buffered > HIGH_WATER and not self._reading_paused and self._transport:
             self._reading_paused = True
             self._transport.pause_reading()
-        self._wake()
+        waiter = self._waiter  # (``_wake`` inlined: this runs for every response)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -192,7 +194,9 @@ class H1Connection(asyncio.Protocol):
         if exchange is not None and not exchange.complete:
             exchange.complete = True
             self._keep_alive = self._parser.should_keep_alive()
-            self._wake()
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     # -- one exchange -----------------------------------------------------------------------
 
@@ -204,13 +208,14 @@ class H1Connection(asyncio.Protocol):
         exchange = self.exchange = Exchange(self)
         self.raw_headers = []
         self.received_any = False
-        self._head_done = self._framed = self._interim = False
+        self.head_done = self._framed = self._interim = False
         self._head_request = method == "HEAD"
         self._buffered = 0
         now = self._loop.time()
         self._activity = now
-        self._deadline = _INF if timeout is None else now + timeout
-        self.pool.owner.watch(self, self.timer_due(now))
+        deadline = self._deadline = _INF if timeout is None else now + timeout
+        read = self._read_timeout  # (the due time, as timer_due computes it for a new exchange)
+        self.pool.owner.watch(self, deadline if read is None else min(deadline, now + read))
         if body is not None and len(body) <= 65536:
             transport.write(head + body)
         else:
@@ -225,7 +230,7 @@ class H1Connection(asyncio.Protocol):
         """Wait for the response head; raises the exchange's error."""
         exchange = self.exchange
         assert exchange is not None
-        while not self._head_done:
+        while not self.head_done:
             if exchange.error is not None:
                 raise exchange.error
             await self.wait()

@@ -211,36 +211,28 @@ class GatewayHandler:
                 conn.problem(request, 429, "Rate limit exceeded; retry later.",
                              [*_retry_after(wait), rid])
                 return
-        length: int | None = None
-        chunked = False
-        authorization = None
-        for name, value in request.headers:
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = None
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"authorization":
-                authorization = value.decode("latin-1")
         verifier = self._verifiers.get(route.prefix)
         if verifier is not None:
+            authorization = None
+            for name, value in request.headers:
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
             try:
                 verifier.verify(authorization)
             except AuthError as exc:
                 conn.problem(request, exc.status, exc.detail,
                              [(b"www-authenticate", exc.challenge.encode()), rid])
                 return
-        if length is not None and length > self.max_body:
-            conn.problem(request, 413, f"The body exceeds {self.max_body} bytes.", [rid])
-            return
         body: bytes | RequestBody | None = request.body
-        if request.body is not None and not chunked and length is not None \
-                and length <= BUFFER_LIMIT:
-            body = await request.body.read_all()
-            if body is None:
-                return  # the caller left, or sent more than it declared
+        if request.body is not None:
+            length = request.body.declared  # (None: chunked)
+            if length is not None and length > self.max_body:
+                conn.problem(request, 413, f"The body exceeds {self.max_body} bytes.", [rid])
+                return
+            if length is not None and length <= BUFFER_LIMIT:
+                body = await request.body.read_all()
+                if body is None:
+                    return  # the caller left, or sent more than it declared
         headers = forward_request_headers(request.headers, client_ip=request.client_ip,
                                           scheme="http")
         target = route.upstream_path(path)

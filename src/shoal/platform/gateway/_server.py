@@ -108,11 +108,14 @@ class RequestBody:
     upload of any size holds a few chunks in memory. ``100 Continue`` is sent when the handler
     first asks for the body of a request that expects it."""
 
-    __slots__ = ("_buffered", "_chunks", "_conn", "_continue", "_error", "_waiter", "ended",
-                 "limit", "received", "too_large")
+    __slots__ = ("_buffered", "_chunks", "_conn", "_continue", "_error", "_waiter", "declared",
+                 "ended", "limit", "received", "too_large")
 
-    def __init__(self, conn: Connection, limit: int, expect_continue: bool) -> None:
+    def __init__(self, conn: Connection, limit: int, expect_continue: bool,
+                 declared: int | None = None) -> None:
         self._conn = conn
+        #: The ``Content-Length`` the client declared; ``None`` for a chunked body.
+        self.declared = declared
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -332,13 +335,16 @@ class Connection(asyncio.Protocol):
         self._headers = []
         self._head_size = 0
         body: RequestBody | None = None
+        length: int | None = None
+        chunked = False
         for name, value in headers:
-            if (name == b"content-length" and value.strip() not in (b"0", b"")) \
-                    or name == b"transfer-encoding":
-                expect = any(n == b"expect" and v.lower() == b"100-continue"
-                             for n, v in headers)
-                body = RequestBody(self, self.state.max_body, expect)
-                break
+            if name == b"content-length":
+                length = int(value)  # (llhttp accepts only digits here)
+            elif name == b"transfer-encoding":
+                chunked = True
+        if chunked or length:
+            expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
+            body = RequestBody(self, self.state.max_body, expect, length)
         self._parsing = body
         request = Request(parser.get_method().decode("ascii"), url, headers,
                           parser.should_keep_alive(), self.client_ip, body,
