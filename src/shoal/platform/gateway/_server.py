@@ -1,9 +1,9 @@
 """The gateway's own HTTP/1.1 server: asyncio protocols on uvloop, requests parsed by httptools.
 
 Chosen by measurement (``docs/benchmarks.md``, "Gateway"): behind uvicorn and the ASGI
-chassis middleware the gateway spent ~80 µs of CPU per proxied request, of which the ASGI
-server, its message dicts and the middleware's wrapping were about half; a protocol that hands
-the parsed head straight to the gateway and writes each answer in one ``write`` is the rest.
+chassis middleware the gateway spent ~80 µs of CPU per proxied request, of which uvicorn and
+its ASGI message dicts were about a third; this protocol hands the parsed head straight to the
+gateway's handler and writes each answer that arrived whole in one ``write``.
 
 One :class:`Connection` per client connection: it parses, runs one request at a time (a
 pipelined request waits, with reading paused), streams the request body to the handler with
