@@ -9,8 +9,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from shoal._chaos import CHAOS_HEADER, ChaosAbort, delayed_decision, poller_from_env
-from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
+from shoal._chaos import CHAOS_HEADER_NAME, ChaosAbort, delayed_decision, poller_from_env
+from shoal._chassis import PROBE_PATHS, UNMATCHED_ROUTE, Chassis
 from shoal._context import REQUEST_ID, enter_request, incoming_context
 from shoal._logging import get_logger
 from shoal._problem import PROBLEM_CONTENT_TYPE, problem_body
@@ -23,7 +23,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _errors = get_logger("shoal.error")
 _B_REQUEST_ID = REQUEST_ID.encode()
-_B_CHAOS = CHAOS_HEADER.lower().encode()
 
 
 def route_template(scope: Scope) -> str:
@@ -60,7 +59,7 @@ class ShoalMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path in (LIVEZ, READYZ, METRICS) and scope["method"] in ("GET", "HEAD"):
+        if path in PROBE_PATHS and scope["method"] in ("GET", "HEAD"):
             await self._probe(path, send)
             return
 
@@ -121,13 +120,13 @@ class ShoalMiddleware:
             # (uvicorn closes the transport when the app raises after the response started).
             await send({"type": "http.response.start", "status": 500,
                         "headers": [(b"content-length", b"64"),
-                                    (_B_CHAOS, b"abort")]})
+                                    (CHAOS_HEADER_NAME, b"abort")]})
             raise ChaosAbort
         if fault.status is not None:
             await _send_bytes(
                 send, fault.status,
                 problem_body(fault.status, detail="Injected fault (shoal chaos).", instance=path),
-                PROBLEM_CONTENT_TYPE.encode(), [(_B_CHAOS, b"errors")])
+                PROBLEM_CONTENT_TYPE.encode(), [(CHAOS_HEADER_NAME, b"errors")])
             return True
         return False
 

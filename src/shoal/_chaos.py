@@ -35,6 +35,8 @@ CHAOS_ENV = "SHOAL_CHAOS"
 CONTROL_URL_ENV = "SHOAL_CONTROL_URL"
 #: Header on answers the fault injection produced, so a caller can tell them from real ones.
 CHAOS_HEADER = "Shoal-Chaos"
+#: :data:`CHAOS_HEADER` as an ASGI/raw header name.
+CHAOS_HEADER_NAME = CHAOS_HEADER.lower().encode()
 POLL_INTERVAL = 0.5
 
 _log = get_logger("shoal.chaos")

@@ -169,13 +169,20 @@ class Chassis:
 
     async def probe(self, path: str) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
         """The answer to ``GET`` of a probe path (:data:`PROBE_PATHS`): status, body,
-        content type and extra headers (for servers that are not the ASGI middleware)."""
+        content type and extra headers; readiness checks run concurrently."""
+        ready = path == READYZ and not self._draining
+        return self.probe_answer(path, await self.run_checks_async() if ready else [])
+
+    def probe_answer(
+        self, path: str, results: list[CheckResult]
+    ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        """:meth:`probe`'s answer given the readiness ``results`` (used for ``/readyz``
+        only; a threaded server runs them with :meth:`run_checks_sync`)."""
         if path == LIVEZ:
             body = orjson.dumps({"status": "ok", "service": self.service,
                                  "instance": self.instance})
             return 200, body, _JSON, []
         if path == READYZ:
-            results = [] if self._draining else await self.run_checks_async()
             status, payload = self.readiness_body(results)
             return status, orjson.dumps(payload), _JSON, [(b"cache-control", b"no-store")]
         return 200, _metrics.render(), _METRICS_TYPE, []

@@ -211,10 +211,6 @@ def parse_deadline_ms(value: str | None, now: float) -> float | None:
     return now + ms / 1000.0
 
 
-#: What :func:`enter_request` returns (the request's own context; ``exit()`` leaves it).
-RequestScope = RequestContext
-
-
 def enter_request(
     trace: TraceContext, request_id: str, deadline: float | None
 ) -> RequestContext:

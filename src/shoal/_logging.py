@@ -169,11 +169,11 @@ class _Batch:
             buffer = getattr(stream, "buffer", None)
             if buffer is None:
                 stream.write(data.decode())
-            else:  # (JSON lines are UTF-8, as the text layer would write them)
                 stream.flush()
+            else:  # (JSON lines are UTF-8, as the text layer would write them)
+                stream.flush()  # (what the text layer holds goes first)
                 buffer.write(data)
                 buffer.flush()
-            stream.flush()
 
 
 _configured = threading.Lock()
@@ -187,15 +187,16 @@ def batch_writes(loop: asyncio.AbstractEventLoop | None) -> None:
     a sixth of its CPU per request). Warnings and errors, and lines from other threads, are
     written at once, after what is pending. ``None`` writes what is pending and turns
     batching off. A process killed with SIGKILL loses at most the last ``BATCH_DELAY``."""
-    global _batch
+    global _batch, _exit_hooked
     if _batch is not None:
         _batch.flush()
     _batch = None if loop is None else _Batch(loop)
-    if _batch is not None and not _exit_hook:
-        _exit_hook.append(atexit.register(_flush_at_exit))
+    if _batch is not None and not _exit_hooked:
+        atexit.register(_flush_at_exit)
+        _exit_hooked = True
 
 
-_exit_hook: list[object] = []
+_exit_hooked = False
 
 
 def _flush_at_exit() -> None:
@@ -281,9 +282,8 @@ def _write_direct(logger: logging.Logger, level: int, event: str, fields: dict[s
         "request_id": ctx.request_id,
         "event": event,
         "logger": logger.name,
+        **fields,
     }
-    if fields:
-        out.update(fields)
     lock = handler.lock
     if lock is None:
         return False
@@ -309,49 +309,15 @@ _ACCESS_LOGGER = logging.getLogger("shoal.access")
 
 def log_access(method: str, path: str, route: str, status: int, duration: float) -> None:
     """The access line of one request: event ``request`` on logger ``shoal.access`` with
-    ``method``, ``path``, ``route``, ``status`` and ``duration_ms``, as
-    ``get_logger("shoal.access").info("request", ...)`` writes it, built in one step (it is
-    on every request's path)."""
+    ``method``, ``path``, ``route``, ``status`` and ``duration_ms`` (it is on every request's
+    path, so without the :class:`Logger` call layers)."""
     logger = _ACCESS_LOGGER
     if not logger.isEnabledFor(logging.INFO):
         return
-    duration_ms = int(duration * 1_000_000 + 0.5) / 1000  # (round(x, 3) is 5x slower)
-    handler = _only_our_handler(logger, logging.INFO)
-    lock = None if handler is None else handler.lock
-    if handler is None or lock is None:
-        Logger(logger).info("request", method=method, path=path, route=route, status=status,
-                            duration_ms=duration_ms)
-        return
-    ctx = current_context()
-    trace = ctx.trace
-    try:
-        line = orjson.dumps({
-            "ts": _iso(time.time()),
-            "level": "info",
-            "service": _identity["service"],
-            "instance": _identity["instance"],
-            "trace_id": trace.trace_id if trace else None,
-            "span_id": trace.span_id if trace else None,
-            "request_id": ctx.request_id,
-            "event": "request",
-            "logger": "shoal.access",
-            "method": method,
-            "path": path,
-            "route": route,
-            "status": status,
-            "duration_ms": duration_ms,
-        }, option=orjson.OPT_APPEND_NEWLINE)
-        batch = _batch
-        if batch is not None and threading.get_ident() == batch.thread:
-            batch.add(line)
-            return
-        with lock:
-            stream = handler.stream
-            stream.write(line.decode())
-            stream.flush()
-    except Exception:  # noqa: BLE001 - the stdlib path writes it or reports the failure
-        Logger(logger).info("request", method=method, path=path, route=route, status=status,
-                            duration_ms=duration_ms)
+    fields = {"method": method, "path": path, "route": route, "status": status,
+              "duration_ms": int(duration * 1_000_000 + 0.5) / 1000}  # (round() is slower)
+    if not _write_direct(logger, logging.INFO, "request", fields):
+        logger.info("request", extra={_FIELDS_ATTR: fields})
 
 
 class Logger:

@@ -9,13 +9,10 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-import orjson
-
-from shoal import _metrics
 from shoal._chaos import CHAOS_HEADER, poller_from_env
-from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
+from shoal._chassis import PROBE_PATHS, READYZ, UNMATCHED_ROUTE, Chassis
 from shoal._context import (
-    RequestScope,
+    RequestContext,
     enter_request,
     parse_deadline_ms,
     request_identity,
@@ -66,7 +63,7 @@ class ShoalWSGIMiddleware:
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "") or "/"
         method: str = environ.get("REQUEST_METHOD", "GET")
-        if path in (LIVEZ, READYZ, METRICS) and method in ("GET", "HEAD"):
+        if path in PROBE_PATHS and method in ("GET", "HEAD"):
             return self._probe(path, start_response)
 
         chassis = self.chassis
@@ -121,7 +118,7 @@ class ShoalWSGIMiddleware:
 
     def _finish(  # noqa: PLR0917 - private, called from one place
         self, environ: WSGIEnviron, method: str, path: str, status: int, start: float,
-        scope: RequestScope,
+        scope: RequestContext,
     ) -> None:
         duration = time.perf_counter() - start
         route = environ.get(ROUTE_KEY) or UNMATCHED_ROUTE
@@ -175,19 +172,12 @@ class ShoalWSGIMiddleware:
 
     def _probe(self, path: str, start_response: StartResponse) -> list[bytes]:
         chassis = self.chassis
-        if path == LIVEZ:
-            body = orjson.dumps({"status": "ok", "service": chassis.service,
-                                 "instance": chassis.instance})
-            status, ctype = 200, "application/json"
-        elif path == READYZ:
-            results = [] if chassis.draining else chassis.run_checks_sync()
-            status, payload = chassis.readiness_body(results)
-            body, ctype = orjson.dumps(payload), "application/json"
-        else:
-            body, status, ctype = _metrics.render(), 200, _metrics.CONTENT_TYPE
+        ready = path == READYZ and not chassis.draining
+        status, body, ctype, _ = chassis.probe_answer(
+            path, chassis.run_checks_sync() if ready else [])
         start_response(
             "200 OK" if status == 200 else "503 Service Unavailable",
-            [("Content-Type", ctype), ("Content-Length", str(len(body))),
+            [("Content-Type", ctype.decode()), ("Content-Length", str(len(body))),
              ("Cache-Control", "no-store")],
         )
         return [body]

@@ -2,13 +2,15 @@
 
 The connection runs one exchange at a time: :meth:`H1Connection.send` writes the request
 (head and a small body in one ``write``; a streamed body chunked, from a writer task that
-waits for the socket to drain), :meth:`H1Connection.read_head` waits for the response head,
-and the :class:`Exchange` iterates the body as it arrives. Memory stays bounded both ways:
-reading pauses while more than ``HIGH_WATER`` bytes wait for the consumer, writing waits
-while the socket's buffer is full.
+waits for the socket to drain), the caller waits (:meth:`H1Connection.wait`) until
+``head_done``, and the :class:`Exchange` iterates the body as it arrives. Memory stays
+bounded both ways: reading pauses while more than ``HIGH_WATER`` bytes wait for the
+consumer, writing waits while the socket's buffer is full.
 
-Time is kept by one timer per exchange (no ``asyncio.wait_for`` task per read): it fires at
-the exchange's deadline, or after ``read`` seconds without a byte while someone waits.
+Time is kept by the transport's one timer for all exchanges in flight (no
+``asyncio.wait_for`` task per read, no timer per exchange): :meth:`H1Connection.timer_due`
+says when an exchange times out, at its deadline or after ``read`` seconds without a byte
+while someone waits.
 Errors stay raw here (``OSError``, ``TimeoutError``, ``httptools.HttpParserError``, a request
 body's own exception); the transport translates them.
 """
@@ -182,9 +184,7 @@ class H1Connection(asyncio.Protocol):
         if self._buffered > HIGH_WATER and not self._reading_paused and self._transport:
             self._reading_paused = True
             self._transport.pause_reading()
-        waiter = self._waiter  # (``_wake`` inlined: this runs for every response)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -194,9 +194,7 @@ class H1Connection(asyncio.Protocol):
         if exchange is not None and not exchange.complete:
             exchange.complete = True
             self._keep_alive = self._parser.should_keep_alive()
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._wake()
 
     # -- one exchange -----------------------------------------------------------------------
 
@@ -213,9 +211,8 @@ class H1Connection(asyncio.Protocol):
         self._buffered = 0
         now = self._loop.time()
         self._activity = now
-        deadline = self._deadline = _INF if timeout is None else now + timeout
-        read = self._read_timeout  # (the due time, as timer_due computes it for a new exchange)
-        self.pool.owner.watch(self, deadline if read is None else min(deadline, now + read))
+        self._deadline = _INF if timeout is None else now + timeout
+        self.pool.owner.watch(self, self.timer_due(now))
         if body is not None and len(body) <= 65536:
             transport.write(head + body)
         else:
@@ -224,16 +221,6 @@ class H1Connection(asyncio.Protocol):
                 transport.write(body)
         if stream is not None:
             self._writer = self._loop.create_task(self._send_stream(stream))
-        return exchange
-
-    async def read_head(self) -> Exchange:
-        """Wait for the response head; raises the exchange's error."""
-        exchange = self.exchange
-        assert exchange is not None
-        while not self.head_done:
-            if exchange.error is not None:
-                raise exchange.error
-            await self.wait()
         return exchange
 
     async def _send_stream(self, stream: AsyncIterable[bytes]) -> None:

@@ -102,15 +102,16 @@ class _Headers(Mapping[str, str]):
 
 
 class _H1Response(StreamingResponse):
-    """A response of this transport: its body (errors translated to the transport errors),
-    its release and its headers (decoded on first use) in one object."""
+    """A response of this transport: its body (errors translated to the transport errors)
+    and its release in one object."""
 
-    __slots__ = ("_conn", "_decoded", "_exchange", "_pool", "_request")
+    __slots__ = ("_conn", "_exchange", "_pool", "_request")
 
     def __init__(self, exchange: Exchange, raw: list[tuple[bytes, bytes]], conn: H1Connection,
                  pool: Pool, request: Request) -> None:
         # (every slot ``StreamingResponse.__init__`` sets is set here, without its call)
         self.status = exchange.status
+        self.headers = _Headers(raw)  # (decoded only if read)
         self.raw_headers = raw
         self.instance = request.instance
         self.attempts = 0
@@ -119,19 +120,6 @@ class _H1Response(StreamingResponse):
         self._conn: H1Connection | None = conn
         self._pool = pool
         self._request = request
-        self._decoded: _Headers | None = None
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        decoded = self._decoded
-        if decoded is None:
-            decoded = self._decoded = _Headers(list(self.raw_headers))
-        return decoded
-
-    @headers.setter
-    def headers(self, value: Mapping[str, str]) -> None:
-        self._decoded = _Headers([(k.encode("latin-1"), v.encode("latin-1"))
-                                  for k, v in value.items()])
 
     def __aiter__(self) -> _H1Response:
         return self
@@ -253,7 +241,7 @@ class H1Transport:
             timeout = None if deadline is None else deadline - loop.time()
             exchange = conn.send(request.method, head, request.body, request.stream, timeout)
             try:
-                while not conn.head_done:  # (``conn.read_head()`` inlined: one frame less)
+                while not conn.head_done:  # the response head
                     if exchange.error is not None:
                         raise exchange.error  # noqa: TRY301 - translated by the handlers below
                     await conn.wait()
@@ -277,7 +265,8 @@ class H1Transport:
             return
         self._watched.add(conn)
         if due < self._tick_due:
-            self._arm(conn._loop, due)
+            assert self._loop is not None  # (set by the call that sent the exchange)
+            self._arm(self._loop, due)
 
     def unwatch(self, conn: H1Connection) -> None:
         self._watched.discard(conn)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import uvloop
 
-from shoal._chaos import CHAOS_HEADER, delayed_decision, poller_from_env
-from shoal._chassis import LIVEZ, METRICS, READYZ, UNMATCHED_ROUTE, Chassis
-from shoal._context import enter_request, incoming_context
+from shoal._chaos import CHAOS_HEADER_NAME, delayed_decision, poller_from_env
+from shoal._chassis import PROBE_PATHS, UNMATCHED_ROUTE, Chassis
+from shoal._context import REQUEST_ID, enter_request, incoming_context
 from shoal._errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -57,9 +57,7 @@ _errors = get_logger("shoal.error")
 #: Request bodies up to this size with a declared length are read whole before forwarding,
 #: so the request stays replayable (an idempotent PUT can be retried); larger ones stream.
 BUFFER_LIMIT = 64 * 1024
-_PROBES = frozenset({LIVEZ, READYZ, METRICS})
-_B_REQUEST_ID = b"x-request-id"
-_B_CHAOS = CHAOS_HEADER.lower().encode()
+_B_REQUEST_ID = REQUEST_ID.encode()
 
 
 def _retry_after(seconds: float) -> Headers:
@@ -119,8 +117,7 @@ class GatewayHandler:
         self._chaos = poller_from_env(self.chassis.service, self.chassis.instance)
 
     def shoal_serve(self, settings: Settings) -> None:
-        """Run the gateway's own server (``shoal serve`` calls this) until SIGTERM, then drain.
-        """
+        """Run the gateway's own server (``shoal serve`` calls this) until SIGTERM; drain."""
         uvloop.run(serve(self, settings, max_body=self.max_body, on_stop=self.aclose))
 
     async def aclose(self) -> None:
@@ -134,7 +131,7 @@ class GatewayHandler:
 
     async def __call__(self, request: Request, conn: Connection) -> None:
         path = request.path
-        if path in _PROBES and request.method in ("GET", "HEAD"):
+        if path in PROBE_PATHS and request.method in ("GET", "HEAD"):
             status, body, content_type, extra = await self.chassis.probe(path)
             conn.respond(request, status, [(b"content-type", content_type), *extra], body)
             return
@@ -175,13 +172,14 @@ class GatewayHandler:
             return False
         if fault.abort:
             # Headers promising a body that never comes, then the connection drops.
-            conn.start(request, 500, [(b"content-length", b"64"), (_B_CHAOS, b"abort"), rid],
+            conn.start(request, 500,
+                       [(b"content-length", b"64"), (CHAOS_HEADER_NAME, b"abort"), rid],
                        sized=True)
             conn.cut()
             return True
         if fault.status is not None:
             conn.problem(request, fault.status, "Injected fault (shoal chaos).",
-                         [(_B_CHAOS, b"errors"), rid])
+                         [(CHAOS_HEADER_NAME, b"errors"), rid])
             return True
         return False
 

@@ -168,7 +168,7 @@ class RequestBody:
                 raise self._error
             if self.ended or self.too_large:
                 raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._conn.loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -185,12 +185,10 @@ class RequestBody:
 
     async def read_all(self) -> bytes | None:
         """The whole body; ``None`` when it exceeds ``limit`` or the caller left."""
-        parts: list[bytes] = []
         try:
-            parts.extend([chunk async for chunk in self])
+            return b"".join([chunk async for chunk in self])
         except (BodyTooLargeError, ClientGoneError):
             return None
-        return b"".join(parts)
 
 
 Handler = Callable[[Request, "Connection"], Awaitable[None]]
@@ -408,8 +406,7 @@ class Connection(asyncio.Protocol):
             return
         if self._pipeline:
             self._start(self._pipeline.popleft())
-            if not self._pipeline:
-                self.resume_reading()
+            self.resume_reading()  # (once no request waits behind it)
             return
         self.idle_since = self.loop.time()
         self.resume_reading()
