@@ -9,8 +9,9 @@ PORT    ?= 8000
 
 .PHONY: venv run demo test lint typecheck pytest bench clean
 
-## venv: create/refresh .venv from uv.lock (a no-op when nothing changed)
+## venv: create/refresh .venv from uv.lock and compile the hot path (no-ops when nothing changed)
 venv: $(STAMP)
+	@$(BIN)/python tools/native.py
 
 $(STAMP): pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
@@ -29,7 +30,7 @@ demo: venv
 test: venv lint typecheck pytest
 
 lint: venv
-	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff check src tests bench examples tools
 
 typecheck: venv
 	$(BIN)/mypy
@@ -42,4 +43,5 @@ bench: venv
 	$(BIN)/python bench/chassis.py
 
 clean:
+	-$(BIN)/python tools/native.py --clean
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

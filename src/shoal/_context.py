@@ -212,7 +212,7 @@ def parse_deadline_ms(value: str | None, now: float) -> float | None:
 
 
 def enter_request(
-    trace: TraceContext, request_id: str, deadline: float | None
+    trace: TraceContext, request_id: str | None, deadline: float | None
 ) -> RequestContext:
     """Make ``trace``, ``request_id`` and ``deadline`` current until ``scope.exit()``."""
     ctx = RequestContext(trace, request_id, deadline)

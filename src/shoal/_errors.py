@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 
 class ShoalError(Exception):
@@ -151,3 +151,17 @@ class UpstreamStatusError(UpstreamError):
         self.status = status
         self.headers = dict(headers) if headers else {}
         self.body = body
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def caused(error: _E, cause: BaseException) -> _E:
+    """``error`` with ``cause`` as its ``__cause__``: write ``raise caused(err, exc) from exc``.
+
+    In modules compiled by mypyc (``tools/native.py``) the ``from`` clause of a ``raise`` is
+    dropped (mypy 2.4), so the cause is set here; in interpreted code ``from`` sets the same
+    value again.
+    """
+    error.__cause__ = cause
+    return error

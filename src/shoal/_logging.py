@@ -93,9 +93,11 @@ def record_to_dict(record: logging.LogRecord) -> dict[str, Any]:
         for key, value in record.__dict__.items()
         if key not in _RESERVED and not key.startswith("_")
     )
-    if record.exc_info and record.exc_info[0] is not None:
-        out["exception"] = logging.Formatter().formatException(record.exc_info)
-        out.setdefault("error_type", record.exc_info[0].__name__)
+    # (``Any``: a record logged with ``exc_info=False`` holds ``False``, not the typed tuple)
+    exc_info: Any = getattr(record, "exc_info", None)
+    if exc_info and exc_info[0] is not None:
+        out["exception"] = logging.Formatter().formatException(exc_info)
+        out.setdefault("error_type", exc_info[0].__name__)
     return out
 
 

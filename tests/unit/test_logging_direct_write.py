@@ -85,7 +85,7 @@ def test_the_access_line_is_what_orjson_writes_for_the_stdlib_fields(
         _logging.configure_logging("INFO")
         mp.setattr(logging.getLogger(), "handlers", [_logging._handler])
         trace = continue_trace(None)
-        scope = enter_request(trace, request_id, None)  # type: ignore[arg-type]
+        scope = enter_request(trace, request_id, None)
         try:
             _logging.log_access(method, path, route, status, duration)
             # The same fields through the stdlib path (a record factory forces it).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -261,9 +261,24 @@ class AsyncClient(ClientBase):
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
-async def _one_chunk(content: bytes) -> AsyncIterator[bytes]:
-    if content:
-        yield content
+class _OneChunk:
+    """A body read already, iterated again as one chunk (a class: mypyc compiles no async
+    generators)."""
+
+    __slots__ = ("_content",)
+
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+
+    def __aiter__(self) -> _OneChunk:
+        return self
+
+    async def __anext__(self) -> bytes:
+        content = self._content
+        if not content:
+            raise StopAsyncIteration
+        self._content = b""
+        return content
 
 
 async def _nothing() -> None:
@@ -293,6 +308,6 @@ async def _settle_error(
 def _buffered(response: Response, raw_headers: Sequence[tuple[bytes, bytes]]) -> StreamingResponse:
     """A read answer presented as a stream again (a final 4xx the retry policy looked at)."""
     return StreamingResponse(
-        response.status, response.headers, raw_headers, _one_chunk(response.content), _nothing,
+        response.status, response.headers, raw_headers, _OneChunk(response.content), _nothing,
         instance=response.instance,
     )

@@ -27,6 +27,7 @@ from shoal._errors import (
     UpstreamError,
     UpstreamResetError,
     UpstreamTimeoutError,
+    caused,
 )
 from shoal.client._h1conn import ConnectionBroke, Exchange, H1Connection, request_head
 from shoal.client._transport import Request, Response, StreamingResponse, Timeouts
@@ -138,11 +139,11 @@ class _H1Response(StreamingResponse):
         try:
             return await self._exchange.__anext__()
         except (ConnectionBroke, OSError, TimeoutError) as exc:
-            raise _translate(self._request, exc) from exc
+            raise caused(_translate(self._request, exc), exc) from exc
         except StopAsyncIteration:
             raise
         except Exception as exc:  # the request body's own error (the caller left ...)
-            raise _translate(self._request, exc) from exc
+            raise caused(_translate(self._request, exc), exc) from exc
 
     async def aclose(self) -> None:
         """Give the connection back (or close it), exactly once."""
@@ -227,7 +228,7 @@ class H1Transport:
             head = request_head(request.method, target, pool.hostport, request.headers,
                                 request.body, streamed=request.stream is not None)
         except ValueError as exc:
-            raise ConfigurationError("headers", str(exc)) from exc
+            raise caused(ConfigurationError("headers", str(exc)), exc) from exc
         loop = self._loop
         if loop is None or loop.is_closed():
             # (cached: ``get_running_loop`` costs a ``getpid`` system call per call)
@@ -250,11 +251,11 @@ class H1Transport:
                 if (reused and not conn.received_any and request.stream is None
                         and request.method in _REPLAYABLE):
                     continue  # the server had closed it while idle; it never saw this one
-                raise _translate(request, exc) from exc
+                raise caused(_translate(request, exc), exc) from exc
             except BaseException as exc:
                 self.release(conn, pool)
                 if isinstance(exc, Exception):  # also the request body's own error
-                    raise _translate(request, exc) from exc
+                    raise caused(_translate(request, exc), exc) from exc
                 raise
             return _H1Response(exchange, conn.raw_headers, conn, pool, request)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -353,10 +354,10 @@ class H1Transport:
                 async with asyncio.timeout_at(deadline):
                     await waiter
         except TimeoutError as exc:
-            raise UpstreamTimeoutError(
+            raise caused(UpstreamTimeoutError(
                 f"no connection to {request.instance} became free in time",
                 service=request.service, instance=request.instance,
-            ) from exc
+            ), exc) from exc
         finally:
             if waiter in self._slot_waiters:
                 self._slot_waiters.remove(waiter)
@@ -390,13 +391,13 @@ class H1Transport:
             pool.count -= 1
             self.slot_freed()
             if isinstance(exc, TimeoutError):
-                raise UpstreamConnectError(f"connect to {request.instance} timed out",
-                                           service=request.service,
-                                           instance=request.instance) from exc
+                raise caused(UpstreamConnectError(f"connect to {request.instance} timed out",
+                                                  service=request.service,
+                                                  instance=request.instance), exc) from exc
             if isinstance(exc, OSError):
-                raise UpstreamConnectError(f"cannot connect to {request.instance}: {exc}",
-                                           service=request.service,
-                                           instance=request.instance) from exc
+                raise caused(UpstreamConnectError(f"cannot connect to {request.instance}: {exc}",
+                                                  service=request.service,
+                                                  instance=request.instance), exc) from exc
             raise
         conn.counted = True
         if conn.lost:  # closed before we could count it: account for it now

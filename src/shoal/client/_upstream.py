@@ -34,6 +34,7 @@ from shoal._errors import (
     UpstreamResetError,
     UpstreamStatusError,
     UpstreamTimeoutError,
+    caused,
 )
 from shoal._logging import get_logger
 from shoal._metrics import (
@@ -391,7 +392,7 @@ class Upstream:
             if call.deadline is not None and time.monotonic() >= call.deadline - 0.001:
                 # The caller's budget ran out, not the instance: no penalty.
                 self.abort_attempt(call)
-                raise self._deadline_error(call) from exc
+                raise caused(self._deadline_error(call), exc) from exc
             self._finish_attempt(call, True)
             raise exc
         self._finish_attempt(call, True)

@@ -21,7 +21,7 @@ import signal
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -83,7 +83,8 @@ class Request:
             path, _, query = target.partition(b"?")
         else:  # absolute-form or "*": only the path counts, never the host it names
             try:
-                url = httptools.parse_url(target)
+                # (``Any``: the stubs type ``path`` and ``query`` as bytes; they can be None)
+                url: Any = httptools.parse_url(target)
             except httptools.HttpParserInvalidURLError:
                 path, query = b"", b""
             else:
@@ -540,10 +541,10 @@ async def serve(handler: Handler, settings: Settings, *, max_body: int,
     loop = asyncio.get_running_loop()
     state = ServerState(handler, max_body=max_body)
     sockets = listen_sockets(settings)
-    servers = [
-        await loop.create_server(lambda: Connection(state), sock=sock, backlog=2048)
-        for sock in sockets
-    ]
+    servers = []
+    for sock in sockets:  # (not a comprehension: mypyc cannot compile an await in one)
+        server = await loop.create_server(lambda: Connection(state), sock=sock, backlog=2048)
+        servers.append(server)
     port = bound_port(sockets, settings.port)
     registrar = start_registration(settings, port=port)
     batch_writes(loop)
