@@ -117,7 +117,7 @@ def test_dockerfiles_are_multi_stage_non_root_with_healthcheck_and_exec_cmd(file
             else "shoal.platform.gateway:app"
         assert command == ["shoal", "serve", expected]
         ignore = files[f"docker/{name}.Dockerfile.dockerignore"]
-        for entry in (".git", ".venv", "tests", "**/*.db"):
+        for entry in (".git", ".venv", "tests", "**/*.db", "**/*.so", "src/shoal/_native.json"):
             assert entry in ignore.splitlines()
 
 

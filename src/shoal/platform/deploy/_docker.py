@@ -44,6 +44,12 @@ bench
 deploy
 docs
 tests
+tools
+# Extensions tools/native.py compiled in place for this machine's Python: the image is built
+# from the sources (a shim without its group library would fail to import).
+**/*.so
+src/shoal/_native.json
+build
 """
 
 
