@@ -64,6 +64,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds (8)")
     parser.add_argument("--src", help="run the gateway from this source tree instead")
+    parser.add_argument("--keep", metavar="FILE",
+                        help="copy the callgrind dump here (read it with callgrind_annotate; "
+                             "compiled modules show as C functions named after their source)")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the gateway process (repeatable)")
     args = parser.parse_args()
@@ -102,6 +105,8 @@ def main() -> int:
                            capture_output=True)
             dumps = sorted(tmp.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
             text = dumps[-1].read_text(errors="replace")
+            if args.keep:
+                shutil.copyfile(dumps[-1], args.keep)
             match = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
             if match is None:
                 raise RuntimeError("no totals in the callgrind dump")

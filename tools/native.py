@@ -39,11 +39,12 @@ MANIFEST = SRC / "shoal" / "_native.json"
 GROUP = "shoal_native"
 
 #: The gateway's per-request path, and what every chassis request shares with it. Not
-#: ``shoal/_logging.py``: compiled, its ``logging.Handler`` subclasses corrupt memory (a freed
+#: ``shoal/_loghandlers.py``: compiled, its ``logging`` subclasses corrupt memory (a freed
 #: weak reference in logging's handler set, a segfault at the next garbage collection).
 MODULES = (
     "shoal/_chassis.py",
     "shoal/_context.py",
+    "shoal/_logging.py",
     "shoal/_metrics.py",
     "shoal/client/_async.py",
     "shoal/client/_balancer.py",
@@ -153,7 +154,7 @@ def main() -> int:
         return 0
     if not problems():
         return 0
-    print(f"native: compiling {len(MODULES)} hot-path modules with mypyc (about a minute)")
+    print(f"native: compiling {len(MODULES)} hot-path modules with mypyc (about two minutes)")
     try:
         build()
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - e.g. no C compiler: run pure Python

@@ -16,12 +16,9 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
@@ -99,34 +96,6 @@ def record_to_dict(record: logging.LogRecord) -> dict[str, Any]:
         out["exception"] = logging.Formatter().formatException(exc_info)
         out.setdefault("error_type", exc_info[0].__name__)
     return out
-
-
-class JsonFormatter(logging.Formatter):
-    """Formats a record as one compact JSON line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(record_to_dict(record), default=_default).decode()
-
-
-class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stdout`` is at emit time (pytest's capture swaps it)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
-
-    @property
-    def stream(self) -> TextIO:
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value: TextIO) -> None:
-        pass
-
-    def emit(self, record: logging.LogRecord) -> None:
-        batch = _batch
-        if batch is not None and batch.lines:
-            batch.flush()  # keep this thread's lines in order
-        super().emit(record)
 
 
 #: Lines logged on a batching event loop are written at most this many seconds later ...
@@ -363,33 +332,27 @@ def get_logger(name: str = "shoal") -> Logger:
     return Logger(logging.getLogger(name))
 
 
-class _CaptureHandler(logging.Handler):
-    def __init__(self, sink: Callable[[dict[str, Any]], None]) -> None:
-        super().__init__(logging.DEBUG)
-        self._sink = sink
+# (At the end: that module reads this one's state. It holds the ``logging`` subclasses, which
+# stay interpreted when this module is compiled - see its docstring.)
+from shoal._loghandlers import (  # noqa: E402
+    JsonFormatter,
+    _CaptureHandler,
+    _StdoutHandler,
+    capture_logs,
+)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self._sink(record_to_dict(record))
-
-
-@contextmanager
-def capture_logs(level: int = logging.DEBUG) -> Iterator[list[dict[str, Any]]]:
-    """Collect every log line emitted inside the block as the dict it would be serialised from.
-
-    ::
-
-        with shoal.testing.capture_logs() as lines:
-            ...
-        assert any(line["event"] == "order.created" for line in lines)
-    """
-    lines: list[dict[str, Any]] = []
-    handler = _CaptureHandler(lines.append)
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(min(level, old_level) if old_level else level)
-    try:
-        yield lines
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
+__all__ = [
+    "BATCH_BYTES",
+    "BATCH_DELAY",
+    "JsonFormatter",
+    "Logger",
+    "_CaptureHandler",
+    "_StdoutHandler",
+    "batch_writes",
+    "capture_logs",
+    "configure_logging",
+    "get_logger",
+    "log_access",
+    "record_to_dict",
+    "set_identity",
+]
