@@ -334,20 +334,13 @@ def get_logger(name: str = "shoal") -> Logger:
 
 # (At the end: that module reads this one's state. It holds the ``logging`` subclasses, which
 # stay interpreted when this module is compiled - see its docstring.)
-from shoal._loghandlers import (  # noqa: E402
-    JsonFormatter,
-    _CaptureHandler,
-    _StdoutHandler,
-    capture_logs,
-)
+from shoal._loghandlers import JsonFormatter, _StdoutHandler, capture_logs  # noqa: E402
 
-__all__ = [
+__all__ = [  # (the public names, re-exports included: callers import them from here)
     "BATCH_BYTES",
     "BATCH_DELAY",
     "JsonFormatter",
     "Logger",
-    "_CaptureHandler",
-    "_StdoutHandler",
     "batch_writes",
     "capture_logs",
     "configure_logging",

@@ -139,11 +139,11 @@ class _H1Response(StreamingResponse):
         try:
             return await self._exchange.__anext__()
         except (ConnectionBroke, OSError, TimeoutError) as exc:
-            raise caused(_translate(self._request, exc), exc) from exc
+            raise _translate(self._request, exc) from exc
         except StopAsyncIteration:
             raise
         except Exception as exc:  # the request body's own error (the caller left ...)
-            raise caused(_translate(self._request, exc), exc) from exc
+            raise _translate(self._request, exc) from exc
 
     async def aclose(self) -> None:
         """Give the connection back (or close it), exactly once."""
@@ -153,11 +153,14 @@ class _H1Response(StreamingResponse):
 
 
 def _translate(request: Request, exc: BaseException) -> UpstreamError:
+    """The client error for a broken exchange, ``exc`` as its cause (``raise ... from exc``
+    alone would not set it in compiled code: :func:`~shoal._errors.caused`)."""
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeoutError(f"{request.method} {request.url} timed out",
-                                    service=request.service, instance=request.instance)
-    return UpstreamResetError(f"connection to {request.instance} broke: {exc!r}",
-                              service=request.service, instance=request.instance)
+        return caused(UpstreamTimeoutError(f"{request.method} {request.url} timed out",
+                                           service=request.service, instance=request.instance),
+                      exc)
+    return caused(UpstreamResetError(f"connection to {request.instance} broke: {exc!r}",
+                                     service=request.service, instance=request.instance), exc)
 
 
 class H1Transport:
@@ -251,11 +254,11 @@ class H1Transport:
                 if (reused and not conn.received_any and request.stream is None
                         and request.method in _REPLAYABLE):
                     continue  # the server had closed it while idle; it never saw this one
-                raise caused(_translate(request, exc), exc) from exc
+                raise _translate(request, exc) from exc
             except BaseException as exc:
                 self.release(conn, pool)
                 if isinstance(exc, Exception):  # also the request body's own error
-                    raise caused(_translate(request, exc), exc) from exc
+                    raise _translate(request, exc) from exc
                 raise
             return _H1Response(exchange, conn.raw_headers, conn, pool, request)
         raise AssertionError("unreachable")  # pragma: no cover
