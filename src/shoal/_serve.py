@@ -12,6 +12,7 @@ process exits 0. A second SIGINT/SIGTERM stops at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import os
 import socket
@@ -29,6 +30,19 @@ from shoal._settings import Settings
 Interface = Literal["auto", "asgi", "wsgi"]
 _log = get_logger("shoal.serve")
 _POLL = 0.01
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive once the server is up (modules, the app, its routes, pools)
+    into the garbage collector's permanent generation, after one full collection.
+
+    A full (generation 2) collection walks every tracked object; a service's startup heap
+    is some 50,000 of them, so each full collection under load paused the gateway for
+    10-15 ms and set its p99. Frozen objects are never walked again (they stay alive, as
+    they would have anyway). Before a fork (gunicorn's worker) it also keeps the pages
+    shared. See :func:`gc.freeze`."""
+    gc.collect()
+    gc.freeze()
 
 
 def import_app(target: str) -> Any:
@@ -107,6 +121,7 @@ def serve_asgi(app: Any, settings: Settings) -> None:
             port = bound_port(listening, settings.port)
             self._shoal_registrar = start_registration(settings, port=port)
             batch_writes(asyncio.get_running_loop())  # access lines: one write per 20 ms
+            freeze_startup_heap()  # (after the app's lifespan startup)
 
         async def serve(self, sockets: Any = None) -> None:
             self._shoal_loop = asyncio.get_running_loop()
@@ -192,6 +207,7 @@ def serve_wsgi(app: Any, settings: Settings, threads: int) -> None:
         def load(self) -> Any:
             return app
 
+    freeze_startup_heap()  # (in the arbiter: the worker it forks inherits the frozen heap)
     _App().run()
 
 

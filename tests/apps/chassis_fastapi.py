@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from pathlib import Path
 
@@ -24,6 +25,11 @@ class NewUser(BaseModel):
 @app.get("/hello")
 async def hello() -> dict[str, str]:
     return {"hello": "world"}
+
+
+@app.get("/gc/frozen")
+async def gc_frozen() -> dict[str, int]:
+    return {"frozen": gc.get_freeze_count()}
 
 
 @app.get("/items/{item_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,11 @@ class NewUser(BaseModel):
 @app.get("/hello")
 def hello() -> dict[str, str]:
     return {"hello": "world"}
+
+
+@app.get("/gc/frozen")
+def gc_frozen() -> dict[str, int]:
+    return {"frozen": gc.get_freeze_count()}
 
 
 @app.get("/items/<int:item_id>")

@@ -190,6 +190,14 @@ def test_spent_deadline_is_refused_with_504(server):
     assert headers["content-type"] == "application/problem+json"
 
 
+def test_the_heap_alive_at_startup_is_frozen_out_of_the_cyclic_gc(server):
+    # (a full collection walks every tracked object: frozen, the startup heap is never
+    # walked again, so full collections under load stop setting the p99)
+    status, _, body = call(f"{server.url}/gc/frozen")
+    assert status == 200
+    assert json.loads(body)["frozen"] > 10_000
+
+
 def test_sigterm_drains_in_flight_request_while_readyz_fails_then_exits_0(fresh_server):
     server = fresh_server
     result: dict[str, Any] = {}

@@ -8,6 +8,7 @@ directory. Tests that kill or load things start their own fleet.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ import psutil
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from prometheus_client.parser import text_string_to_metric_families
 from tests.integration._gateway import backend, gateway, request, start_all
 
 from shoal.platform.gateway import mint_token
@@ -393,3 +395,33 @@ def test_sigterm_drains_the_gateway_then_it_exits_0(tmp_path: Path) -> None:
         events = [ln.get("event") for ln in gw.log_lines()]
         assert "drain.started" in events
         assert events.index("drain.started") < events.index("server.stopped")
+
+
+def _gc_collected(url: str) -> float:
+    """Objects the gateway's cyclic garbage collector has freed so far (all generations)."""
+    text = request(url, "GET", "/metrics").body.decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "python_gc_objects_collected"
+               for sample in family.samples)
+
+
+def test_proxied_requests_leave_no_cyclic_garbage(tmp_path: Path) -> None:
+    # A reference cycle per request (the stream response once referred to itself) is garbage
+    # only the cyclic collector frees: ~6 objects a request, a collection every ~100 requests.
+    spec = tmp_path / "shoal.yaml"
+    spec.write_text("system: s\nservices:\n  users: {app: 'x:y'}\ngateway:\n  routes:\n"
+                    "    - {prefix: /api/users, service: users, rewrite: /users}\n")
+    with contextlib.ExitStack() as stack:
+        replicas = start_all(stack, [backend("users")])
+        gw = start_all(stack, [gateway(spec, {"users": replicas})])[0]
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        stack.callback(conn.close)
+        requests = 2000
+        before = _gc_collected(gw.url)
+        for _ in range(requests):  # (one keep-alive connection, as a client pool does)
+            conn.request("GET", "/api/users/1")
+            reply = conn.getresponse()
+            reply.read()
+            assert reply.status == 200
+        collected = _gc_collected(gw.url) - before
+        assert collected < requests / 10, f"{collected:.0f} objects freed by the cyclic GC"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from tests._gc import shoal_cyclic_garbage
 
 from shoal.platform.gateway._server import (
     HIGH_WATER,
@@ -780,3 +781,20 @@ async def test_a_handler_that_raises_cuts_the_connection_and_serves_the_next_one
             c.send(get("/fine"))
             resp = await c.response()
             assert (resp.status, resp.body) == (200, b"/fine")
+
+
+async def test_closed_connections_leave_no_cyclic_garbage() -> None:
+    # (the parser holds bound methods of its connection: a reference cycle per connection,
+    # garbage that only the cyclic GC frees, unless the connection lets go of it on close)
+    with shoal_cyclic_garbage() as leaked:
+        async with serving(echo_path) as server:
+            for path in ("/a", "/b", "/c"):
+                async with client(server) as c:
+                    c.send(get(path, b"connection: close\r\n"))
+                    assert (await c.response()).body == path.encode()
+                    assert await c.closed_by_server()
+            state = server.state
+            await wait_for(lambda: not state.connections)
+            assert len(server.made) == 3
+        del server, c  # (the spies it keeps hold the connections)
+    assert leaked == []

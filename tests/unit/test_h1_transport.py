@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from tests._gc import shoal_cyclic_garbage
 
 from shoal._errors import UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError
 from shoal.client import AsyncClient, Request, RetryPolicy, Timeouts
@@ -253,7 +254,7 @@ async def test_reading_pauses_while_the_consumer_lags() -> None:
     async with Server(handler) as server:
         response = await transport.handle_async_stream(request(server.url))
         await asyncio.sleep(0.2)  # nobody reads: the transport stops reading
-        chunks: list[bytes] = list(response._body._exchange.chunks)  # type: ignore[attr-defined]
+        chunks: list[bytes] = list(response._exchange.chunks)  # type: ignore[attr-defined]
         buffered = sum(len(c) for c in chunks)
         assert buffered <= 2 * HIGH_WATER
         assert len(await response.aread()) == size
@@ -379,3 +380,28 @@ async def test_one_timer_serves_exchanges_with_different_timeouts(
         release.set()
         response = await long_call
         assert (response.status, response.content) == (200, b"ok")
+
+
+async def test_responses_and_closed_connections_leave_no_cyclic_garbage() -> None:
+    # (a streamed response once referred to itself, and a connection's parser holds bound
+    # methods of the connection: both garbage that only the cyclic GC frees)
+    async def close_after_reply(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        await writer.drain()
+
+    box: list[Server] = []
+    transport = H1Transport(timeouts=Timeouts(connect=1.0, read=2.0, total=5.0))
+    with shoal_cyclic_garbage() as leaked:
+        async with Server(keep_alive(box)) as kept, Server(close_after_reply) as closing:
+            box.append(kept)
+            for server in (kept, closing):
+                for _ in range(3):
+                    response = await transport.handle_async_stream(request(server.url))
+                    assert await response.aread() == b"ok"
+                    await response.aclose()
+            assert (kept.connections, closing.connections) == (1, 3)
+        del response
+    await transport.aclose()
+    assert leaked == []

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 HIGH_WATER = 256 * 1024
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _INF = math.inf
+#: What a lost connection parses with: the live parser holds bound methods of its
+#: connection, a reference cycle only the cyclic GC would free (every closed connection).
+_DETACHED = httptools.HttpResponseParser(None)
 
 
 class ConnectionBroke(Exception):
@@ -127,6 +130,7 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._parser = _DETACHED
         self.pool.forget(self)
         exchange = self.exchange
         if exchange is not None and not exchange.complete:

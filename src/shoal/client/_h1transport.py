@@ -116,7 +116,10 @@ class _H1Response(StreamingResponse):
         self.raw_headers = raw
         self.instance = request.instance
         self.attempts = 0
-        self._body = self
+        # (not ``self``: a response referring to itself is a reference cycle, garbage only
+        # the cyclic GC frees, with its headers, exchange and request: six objects per
+        # proxied request. The methods that would read ``_body`` are overridden here.)
+        self._body = exchange
         self._exchange = exchange
         self._conn: H1Connection | None = conn
         self._pool = pool
@@ -125,7 +128,7 @@ class _H1Response(StreamingResponse):
     def __aiter__(self) -> _H1Response:
         return self
 
-    def take_all(self) -> bytes | None:
+    def body_if_complete(self) -> bytes | None:
         """The rest of the body when all of it has arrived already (no wait), else ``None``."""
         exchange = self._exchange
         if not exchange.complete or exchange.error is not None:

@@ -162,15 +162,15 @@ class StreamingResponse:
 
     def body_if_complete(self) -> bytes | None:
         """The rest of the body when the transport already holds all of it (nothing to wait
-        for), else ``None`` (then iterate). Lets a relay answer in one write."""
-        take = getattr(self._body, "take_all", None)
-        return None if take is None else take()
+        for), else ``None`` (then iterate). Lets a relay answer in one write. A transport
+        that can tell overrides this; in general the answer is ``None``."""
+        return None
 
     async def aread(self, limit: int | None = None) -> bytes:
         """The rest of the body (at most ``limit`` bytes: the remainder is discarded)."""
         parts: list[bytes] = []
         size = 0
-        async for chunk in self._body:
+        async for chunk in self:  # (through __aiter__, which a transport may override)
             if limit is not None and size + len(chunk) > limit:
                 parts.append(chunk[: limit - size])
                 break

@@ -28,7 +28,7 @@ import httptools
 from shoal._logging import batch_writes, get_logger
 from shoal._problem import PROBLEM_CONTENT_TYPE, problem_body
 from shoal._registration import bound_port, start_registration
-from shoal._serve import listen_sockets, wait_drained
+from shoal._serve import freeze_startup_heap, listen_sockets, wait_drained
 from shoal._settings import Settings
 
 #: Reading from the client pauses while this many body bytes wait for the handler.
@@ -279,6 +279,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = _DETACHED
         self.state.connections.discard(self)
         gone = ClientGoneError()
         if self._parsing is not None:
@@ -527,6 +528,11 @@ class Connection(asyncio.Protocol):
         # else: the connection closes once the request in hand is answered
 
 
+#: What a closed connection parses with: the live parser holds bound methods of its
+#: connection, a reference cycle only the cyclic GC would free (every closed connection).
+_DETACHED = httptools.HttpRequestParser(None)
+
+
 class _HeadTooLarge(Exception):
     pass
 
@@ -548,6 +554,7 @@ async def serve(handler: Handler, settings: Settings, *, max_body: int,
     port = bound_port(sockets, settings.port)
     registrar = start_registration(settings, port=port)
     batch_writes(loop)
+    freeze_startup_heap()
     _log.info("server.started", host=settings.host, port=port,
               ports=[bound_port([s], 0) for s in sockets])
     stop = asyncio.Event()
