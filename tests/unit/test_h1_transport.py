@@ -209,6 +209,30 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced(
         assert server.connections == 2
 
 
+async def test_a_resend_after_a_stale_connection_goes_on_a_new_one(
+    transport: H1Transport,
+) -> None:
+    # A server that died (or closed its idle connections) leaves every pooled connection to
+    # it dead, and the client may learn it only by sending: the resend must not take another
+    # idle connection (it would be as dead, and then the call failed with no answer).
+    async def one_answer_per_connection(reader: asyncio.StreamReader,
+                                        writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the next request: dropped, connection closed
+
+    async with Server(one_answer_per_connection) as server:
+        first = [transport.handle_async_request(request(server.url)) for _ in range(3)]
+        assert [r.status for r in await asyncio.gather(*first)] == [200, 200, 200]
+        assert server.connections == 3  # all three idle in the pool now
+        response = await transport.handle_async_request(request(server.url))
+        assert (response.status, response.content) == (200, b"ok")
+        assert server.connections == 4  # one stale connection tried, then a new one
+        assert transport.open_connections == 1
+        await transport.aclose()
+
+
 async def test_streams_a_request_body_chunked_with_bounded_buffers() -> None:
     transport = H1Transport()
     received: list[int] = []

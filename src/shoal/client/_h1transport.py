@@ -240,7 +240,12 @@ class H1Transport:
             # (cached: ``get_running_loop`` costs a ``getpid`` system call per call)
             loop = self._loop = asyncio.get_running_loop()
         deadline = None if request.timeout is None else loop.time() + request.timeout
-        for _ in range(2):
+        for attempt in (0, 1):
+            if attempt:
+                # The reused connection was closed under it: the other idle ones to this
+                # instance are likely as stale (a killed server leaves them all dead), so the
+                # resend goes on a new connection, never on another idle one.
+                self._drop_idle(pool)
             conn = self._take_idle(pool, loop)  # (the common case, without a coroutine)
             reused = conn is not None
             if conn is None:
@@ -254,8 +259,8 @@ class H1Transport:
                     await conn.wait()
             except ConnectionBroke as exc:
                 self.release(conn, pool)
-                if (reused and not conn.received_any and request.stream is None
-                        and request.method in _REPLAYABLE):
+                if (not attempt and reused and not conn.received_any
+                        and request.stream is None and request.method in _REPLAYABLE):
                     continue  # the server had closed it while idle; it never saw this one
                 raise _translate(request, exc) from exc
             except BaseException as exc:
@@ -310,6 +315,13 @@ class H1Transport:
             pool.idle.append(conn)
             self.slot_freed()
         elif not conn.lost:
+            conn.close()
+
+    def _drop_idle(self, pool: Pool) -> None:
+        """Close every idle connection to ``pool``'s instance."""
+        stale = list(pool.idle)
+        pool.idle.clear()
+        for conn in stale:
             conn.close()
 
     def _take_idle(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> H1Connection | None:
