@@ -14,6 +14,9 @@ built from older sources.
     python tools/native.py            # build when a source changed (else nothing to do)
     python tools/native.py --check    # exit 1 when the extensions are missing or stale
     python tools/native.py --clean    # remove them: run the pure-Python sources
+    python tools/native.py --install  # build if needed, then copy them into the installed
+                                      # (non-editable) shoal package of this interpreter:
+                                      # the Docker images' build stage
 
 ``SHOAL_NATIVE=0`` cleans instead of building (to debug the pure-Python path). Without a C
 compiler the build is skipped with a warning and the pure-Python sources run, unless
@@ -138,10 +141,37 @@ def build() -> None:
                                    indent=1, sort_keys=True) + "\n")
 
 
+def install(site: Path) -> list[Path]:
+    """Copy the extensions built in ``src/`` into the ``shoal`` package installed in
+    ``site`` (a non-editable install of the same sources: checked by hash); returns the
+    files written. Raises ``RuntimeError`` naming what does not match."""
+    package = site / "shoal"
+    if not (package / "__init__.py").is_file():
+        raise RuntimeError(f"no installed shoal package in {site} (an editable install "
+                           f"imports src/ itself: nothing to install)")
+    stale = problems()
+    if stale:
+        raise RuntimeError(f"the extensions in src/ are not current: {stale[0]}")
+    differ = [m for m, digest in wanted().items()
+              if not (site / m).is_file() or _digest(site / m) != digest]
+    if differ:
+        raise RuntimeError(f"the installed sources differ from src/ ({differ[0]}): "
+                           f"install the project from this checkout first")
+    written = []
+    for built in (*(_extension(m) for m in MODULES), *SRC.glob(f"{GROUP}__mypyc*{SUFFIX}")):
+        target = site / built.relative_to(SRC)
+        shutil.copy2(built, target)
+        written.append(target)
+    return written
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when missing or stale")
     parser.add_argument("--clean", action="store_true", help="remove the extensions")
+    parser.add_argument("--install", action="store_true",
+                        help="build if needed, then copy the extensions into the shoal package "
+                             "installed for this interpreter (non-editable)")
     args = parser.parse_args()
     if args.check:
         issues = problems()
@@ -153,7 +183,7 @@ def main() -> int:
         print("native: removed the compiled modules; the pure-Python sources run")
         return 0
     if not problems():
-        return 0
+        return _install() if args.install else 0
     print(f"native: compiling {len(MODULES)} hot-path modules with mypyc (about two minutes)")
     try:
         build()
@@ -163,6 +193,17 @@ def main() -> int:
               file=sys.stderr)
         return 1 if os.environ.get("SHOAL_REQUIRE_EXTERNAL") == "1" else 0
     print(f"native: compiled {len(MODULES)} modules")
+    return _install() if args.install else 0
+
+
+def _install() -> int:
+    site = Path(sysconfig.get_path("purelib"))
+    try:
+        written = install(site)
+    except RuntimeError as exc:
+        print(f"native: not installed: {exc}", file=sys.stderr)
+        return 1
+    print(f"native: installed {len(written)} compiled files into {site}")
     return 0
 
 

@@ -107,6 +107,9 @@ def test_dockerfiles_are_multi_stage_non_root_with_healthcheck_and_exec_cmd(file
         assert [s[1] for s in stages] == ["build", "runtime"]
         assert all("slim" in image for image, _ in stages)
         assert "--no-extra dev" in text
+        build = text.split("AS runtime", 1)[0]
+        assert "gcc" in build  # the hot path is compiled in the build stage, the group dropped
+        assert build.index("tools/native.py --install") < build.rindex("--no-extra dev\n")
         runtime = text.split("AS runtime", 1)[1]
         assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
         assert re.search(r"^HEALTHCHECK .*\n(?:    .*\n)*    CMD \[", runtime, re.MULTILINE)

@@ -3,9 +3,11 @@
 Built from the project root (``docker build -f DEPLOY/docker/users.Dockerfile .``): BuildKit
 reads ``users.Dockerfile.dockerignore`` beside the Dockerfile, so the root needs no ignore file.
 Two stages: ``build`` resolves the locked dependencies with uv (every extra but ``dev``) into a
-virtualenv; ``runtime`` is the slim base plus that virtualenv and the app's code, run as an
-unprivileged user, with ``HEALTHCHECK`` on readiness and an exec-form ``CMD`` (``shoal serve``
-is PID 1, so SIGTERM reaches the drain directly).
+virtualenv and compiles the per-request hot path into it with mypyc (``tools/native.py
+--install``, with the ``native`` dependency group, which is then removed); ``runtime`` is the
+slim base plus that virtualenv and the app's code, run as an unprivileged user, with
+``HEALTHCHECK`` on readiness and an exec-form ``CMD`` (``shoal serve`` is PID 1, so SIGTERM
+reaches the drain directly).
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ bench
 deploy
 docs
 tests
-tools
-# Extensions tools/native.py compiled in place for this machine's Python: the image is built
-# from the sources (a shim without its group library would fail to import).
+tools/*
+!tools/native.py
+# Extensions tools/native.py compiled in place for this machine's Python: the image compiles
+# its own from the sources (a shim without its group library would fail to import).
 **/*.so
 src/shoal/_native.json
 build
@@ -72,6 +75,11 @@ def dockerfile(workload: Workload, header: str) -> str:
 # Build from the project root: docker build -f <this file> -t <image> .
 
 FROM {PYTHON_IMAGE} AS build
+# A C compiler for mypyc, which compiles the per-request hot path (tools/native.py); only the
+# compiled modules reach the runtime stage.
+RUN apt-get update \\
+    && apt-get install -y --no-install-recommends gcc libc6-dev \\
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir "uv=={UV_VERSION}"
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never \\
     UV_PROJECT_ENVIRONMENT=/app/.venv
@@ -79,10 +87,16 @@ WORKDIR /app
 # Dependencies first: this layer is reused until uv.lock changes.
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \\
-    uv sync --frozen --no-install-project --no-editable --all-extras --no-extra dev
+    uv sync --frozen --no-install-project --no-editable --all-extras --no-extra dev \\
+        --group native
 COPY src ./src
+COPY tools/native.py ./tools/native.py
+# Install the project, compile its hot path into the installed package (a failed compile
+# fails the build), then drop the compiler's packages (uv sync removes what is not asked for).
 RUN --mount=type=cache,target=/root/.cache/uv \\
-    uv sync --frozen --no-editable --all-extras --no-extra dev
+    uv sync --frozen --no-editable --all-extras --no-extra dev --group native \\
+    && SHOAL_REQUIRE_EXTERNAL=1 "$UV_PROJECT_ENVIRONMENT/bin/python" tools/native.py --install \\
+    && uv sync --frozen --no-editable --all-extras --no-extra dev
 
 FROM {PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid {APP_UID} shoal \\
