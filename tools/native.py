@@ -191,7 +191,8 @@ def main() -> int:
         clean()
         print(f"native: compiling failed ({exc!r}); the pure-Python sources run instead",
               file=sys.stderr)
-        return 1 if os.environ.get("SHOAL_REQUIRE_EXTERNAL") == "1" else 0
+        # (asked to install compiled modules, nothing compiled is a failure too)
+        return 1 if args.install or os.environ.get("SHOAL_REQUIRE_EXTERNAL") == "1" else 0
     print(f"native: compiled {len(MODULES)} modules")
     return _install() if args.install else 0
 

@@ -38,9 +38,10 @@ def freeze_startup_heap() -> None:
 
     A full (generation 2) collection walks every tracked object; a service's startup heap
     is some 50,000 of them, so each full collection under load paused the gateway for
-    10-15 ms and set its p99. Frozen objects are never walked again (they stay alive, as
-    they would have anyway). Before a fork (gunicorn's worker) it also keeps the pages
-    shared. See :func:`gc.freeze`."""
+    10-15 ms and set its p99. Frozen objects are never walked again. The price: one of them
+    that later becomes garbage in a reference cycle (a replaced table, say) is never freed,
+    a small one-time leak. Before a fork (gunicorn's worker) fewer pages are copied, though
+    reference counting still writes to them. See :func:`gc.freeze`."""
     gc.collect()
     gc.freeze()
 

@@ -209,19 +209,25 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced(
         assert server.connections == 2
 
 
+async def one_answer_per_connection(reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
+    """Answers a connection's first request; drops its next one (closes the connection), as
+    a server that died or closed its idle connections would."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            await reader.readexactly(int(line.split(b":")[1]))
+    writer.write(OK)
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+
+
 async def test_a_resend_after_a_stale_connection_goes_on_a_new_one(
     transport: H1Transport,
 ) -> None:
     # A server that died (or closed its idle connections) leaves every pooled connection to
     # it dead, and the client may learn it only by sending: the resend must not take another
     # idle connection (it would be as dead, and then the call failed with no answer).
-    async def one_answer_per_connection(reader: asyncio.StreamReader,
-                                        writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(OK)
-        await writer.drain()
-        await reader.readuntil(b"\r\n\r\n")  # the next request: dropped, connection closed
-
     async with Server(one_answer_per_connection) as server:
         first = [transport.handle_async_request(request(server.url)) for _ in range(3)]
         assert [r.status for r in await asyncio.gather(*first)] == [200, 200, 200]
@@ -230,6 +236,24 @@ async def test_a_resend_after_a_stale_connection_goes_on_a_new_one(
         assert (response.status, response.content) == (200, b"ok")
         assert server.connections == 4  # one stale connection tried, then a new one
         assert transport.open_connections == 1
+        await transport.aclose()
+
+
+async def test_a_stale_connection_under_a_post_retires_the_other_idle_ones(
+    transport: H1Transport,
+) -> None:
+    # A POST is not resent (the server may have acted on it), but the call that found a
+    # stale connection drops the instance's other idle ones, so the next call does not meet
+    # them one after another.
+    async with Server(one_answer_per_connection) as server:
+        first = [transport.handle_async_request(request(server.url)) for _ in range(3)]
+        assert [r.status for r in await asyncio.gather(*first)] == [200, 200, 200]
+        with pytest.raises(UpstreamResetError):
+            await transport.handle_async_request(request(server.url, "POST", body=b"x"))
+        assert transport.open_connections == 0  # the two other idle ones were retired
+        response = await transport.handle_async_request(request(server.url, "POST", body=b"y"))
+        assert (response.status, response.content) == (200, b"ok")
+        assert server.connections == 4
         await transport.aclose()
 
 

@@ -165,6 +165,10 @@ def test_the_image_build_stage_installs_the_compiled_hot_path(tmp_path: Path) ->
         assert path.startswith(str(venv)), path
         assert path.endswith(native.SUFFIX), path
     assert mypy == "None"  # the compiler's packages left with the last sync
+    # The extensions came from --install, not inside the project's wheel (which never
+    # carries them: pyproject.toml excludes them even though this context has them in src/).
+    (record,) = venv.glob("lib/python*/site-packages/shoal-*.dist-info/RECORD")
+    assert native.SUFFIX not in record.read_text()
     # The image's command, from that virtualenv: the compiled gateway proxies a request.
     (tmp_path / "shoal.yaml").write_text(
         "system: s\nservices:\n  users: {app: 'x:y'}\ngateway:\n  routes:\n"

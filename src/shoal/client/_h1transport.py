@@ -241,15 +241,12 @@ class H1Transport:
             loop = self._loop = asyncio.get_running_loop()
         deadline = None if request.timeout is None else loop.time() + request.timeout
         for attempt in (0, 1):
-            if attempt:
-                # The reused connection was closed under it: the other idle ones to this
-                # instance are likely as stale (a killed server leaves them all dead), so the
-                # resend goes on a new connection, never on another idle one.
-                self._drop_idle(pool)
-            conn = self._take_idle(pool, loop)  # (the common case, without a coroutine)
+            # (the resend goes on a new connection, never on another idle one: see below)
+            conn = None if attempt else self._take_idle(pool, loop)  # (without a coroutine)
             reused = conn is not None
             if conn is None:
-                conn, reused = await self._acquire(pool, loop, deadline, request)
+                conn, reused = await self._acquire(pool, loop, deadline, request,
+                                                   fresh=bool(attempt))
             timeout = None if deadline is None else deadline - loop.time()
             exchange = conn.send(request.method, head, request.body, request.stream, timeout)
             try:
@@ -259,9 +256,14 @@ class H1Transport:
                     await conn.wait()
             except ConnectionBroke as exc:
                 self.release(conn, pool)
-                if (not attempt and reused and not conn.received_any
-                        and request.stream is None and request.method in _REPLAYABLE):
-                    continue  # the server had closed it while idle; it never saw this one
+                if reused and not conn.received_any:
+                    # Closed under us while idle: the other idle connections to this instance
+                    # are likely as stale (a killed server leaves them all dead), so none of
+                    # them is tried next, by this call or the ones after it.
+                    self._drop_idle(pool)
+                    if (not attempt and request.stream is None
+                            and request.method in _REPLAYABLE):
+                        continue  # the server never saw this one: send it again
                 raise _translate(request, exc) from exc
             except BaseException as exc:
                 self.release(conn, pool)
@@ -318,11 +320,13 @@ class H1Transport:
             conn.close()
 
     def _drop_idle(self, pool: Pool) -> None:
-        """Close every idle connection to ``pool``'s instance."""
+        """Close every idle connection to ``pool``'s instance; their slots are free at once
+        (not when the close completes)."""
         stale = list(pool.idle)
         pool.idle.clear()
         for conn in stale:
             conn.close()
+            pool.forget(conn)  # (``connection_lost`` then finds it forgotten already)
 
     def _take_idle(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> H1Connection | None:
         """The most recently used idle connection still fit for use, if any."""
@@ -338,9 +342,12 @@ class H1Transport:
         return None
 
     async def _acquire(self, pool: Pool, loop: asyncio.AbstractEventLoop,
-                       deadline: float | None, request: Request) -> tuple[H1Connection, bool]:
+                       deadline: float | None, request: Request, *, fresh: bool = False,
+                       ) -> tuple[H1Connection, bool]:
+        """A connection to ``pool``'s instance and whether it was idle (reused); ``fresh``:
+        always a new one."""
         while True:
-            conn = self._take_idle(pool, loop)
+            conn = None if fresh else self._take_idle(pool, loop)
             if conn is not None:
                 return conn, True
             if self._has_room(pool):

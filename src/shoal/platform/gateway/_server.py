@@ -284,6 +284,7 @@ class Connection(asyncio.Protocol):
         gone = ClientGoneError()
         if self._parsing is not None:
             self._parsing.fail(gone)
+            self._parsing = None  # (it refers back to this connection)
         for request in (self.current, *self._pipeline):
             if request is not None and request.body is not None:
                 request.body.fail(gone)
