@@ -25,6 +25,16 @@ def start_all(stack: contextlib.ExitStack, servers: list[ServerProcess]) -> list
     return servers
 
 
+def one_route_spec(directory: Path, route: str, *, gateway: str = "") -> Path:
+    """``shoal.yaml`` in ``directory``: one ``users`` service and a gateway with ``route`` (a
+    YAML flow mapping) and, optionally, one more line of gateway settings."""
+    spec = directory / "shoal.yaml"
+    settings = f"  {gateway}\n" if gateway else ""
+    spec.write_text("system: s\nservices:\n  users: {app: 'x:y'}\ngateway:\n"
+                    f"{settings}  routes:\n    - {route}\n")
+    return spec
+
+
 def backend(service: str, **env: str) -> ServerProcess:
     return ServerProcess(BACKEND, service=service, env={"SHOAL_DRAIN_GRACE": "0", **env})
 

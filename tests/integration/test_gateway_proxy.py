@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
-from tests.integration._gateway import backend, gateway, request, start_all
+from tests.integration._gateway import backend, gateway, one_route_spec, request, start_all
 
 from shoal.platform.gateway import mint_token
 from shoal.testing import ServerProcess, free_port, wait_until
@@ -296,9 +296,7 @@ def test_no_request_makes_the_gateway_connect_outside_the_registry(fleet: Fleet)
 
 
 def test_a_killed_replica_causes_no_failed_get(tmp_path: Path) -> None:
-    spec = tmp_path / "shoal.yaml"
-    spec.write_text("system: s\nservices:\n  users: {app: 'x:y'}\ngateway:\n  routes:\n"
-                    "    - {prefix: /api/users, service: users, rewrite: /users}\n")
+    spec = one_route_spec(tmp_path, "{prefix: /api/users, service: users, rewrite: /users}")
     with contextlib.ExitStack() as stack:
         replicas = start_all(stack, [backend("users"), backend("users")])
         gw = start_all(stack, [gateway(spec, {"users": replicas})])[0]
@@ -331,10 +329,8 @@ def test_a_killed_replica_causes_no_failed_get(tmp_path: Path) -> None:
 
 
 def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
-    spec = tmp_path / "shoal.yaml"
-    spec.write_text("system: s\nservices:\n  users: {app: 'x:y'}\ngateway:\n"
-                    "  rate_limit: {rate: 0.5, burst: 3}\n  routes:\n"
-                    "    - {prefix: /api/users, service: users}\n")
+    spec = one_route_spec(tmp_path, "{prefix: /api/users, service: users}",
+                          gateway="rate_limit: {rate: 0.5, burst: 3}")
     with contextlib.ExitStack() as stack:
         replica = start_all(stack, [backend("users")])
         gw = start_all(stack, [gateway(spec, {"users": replica})])[0]
@@ -368,9 +364,7 @@ def test_every_request_is_counted_and_logged_like_a_chassis_service(fleet: Fleet
 
 
 def test_sigterm_drains_the_gateway_then_it_exits_0(tmp_path: Path) -> None:
-    spec = tmp_path / "shoal.yaml"
-    spec.write_text("system: s\nservices:\n  users: {app: 'x:y'}\ngateway:\n  routes:\n"
-                    "    - {prefix: /api/users, service: users, rewrite: /, timeout: 30}\n")
+    spec = one_route_spec(tmp_path, "{prefix: /api/users, service: users, rewrite: /, timeout: 30}")
     with contextlib.ExitStack() as stack:
         replicas = start_all(stack, [backend("users")])
         gw = start_all(stack, [gateway(spec, {"users": replicas}, SHOAL_DRAIN_DELAY="0.5",
@@ -408,9 +402,7 @@ def _gc_collected(url: str) -> float:
 def test_proxied_requests_leave_no_cyclic_garbage(tmp_path: Path) -> None:
     # A reference cycle per request (the stream response once referred to itself) is garbage
     # only the cyclic collector frees: ~6 objects a request, a collection every ~100 requests.
-    spec = tmp_path / "shoal.yaml"
-    spec.write_text("system: s\nservices:\n  users: {app: 'x:y'}\ngateway:\n  routes:\n"
-                    "    - {prefix: /api/users, service: users, rewrite: /users}\n")
+    spec = one_route_spec(tmp_path, "{prefix: /api/users, service: users, rewrite: /users}")
     with contextlib.ExitStack() as stack:
         replicas = start_all(stack, [backend("users")])
         gw = start_all(stack, [gateway(spec, {"users": replicas})])[0]

@@ -222,6 +222,14 @@ async def one_answer_per_connection(reader: asyncio.StreamReader,
     await reader.readuntil(b"\r\n\r\n")
 
 
+async def three_idle_connections(transport: H1Transport, server: Server) -> None:
+    """Three connections to ``server``, each answered once, all idle in the pool now."""
+    first = [transport.handle_async_request(request(server.url)) for _ in range(3)]
+    assert [r.status for r in await asyncio.gather(*first)] == [200, 200, 200]
+    assert server.connections == 3
+    assert transport.open_connections == 3
+
+
 async def test_a_resend_after_a_stale_connection_goes_on_a_new_one(
     transport: H1Transport,
 ) -> None:
@@ -229,9 +237,7 @@ async def test_a_resend_after_a_stale_connection_goes_on_a_new_one(
     # it dead, and the client may learn it only by sending: the resend must not take another
     # idle connection (it would be as dead, and then the call failed with no answer).
     async with Server(one_answer_per_connection) as server:
-        first = [transport.handle_async_request(request(server.url)) for _ in range(3)]
-        assert [r.status for r in await asyncio.gather(*first)] == [200, 200, 200]
-        assert server.connections == 3  # all three idle in the pool now
+        await three_idle_connections(transport, server)
         response = await transport.handle_async_request(request(server.url))
         assert (response.status, response.content) == (200, b"ok")
         assert server.connections == 4  # one stale connection tried, then a new one
@@ -246,8 +252,7 @@ async def test_a_stale_connection_under_a_post_retires_the_other_idle_ones(
     # stale connection drops the instance's other idle ones, so the next call does not meet
     # them one after another.
     async with Server(one_answer_per_connection) as server:
-        first = [transport.handle_async_request(request(server.url)) for _ in range(3)]
-        assert [r.status for r in await asyncio.gather(*first)] == [200, 200, 200]
+        await three_idle_connections(transport, server)
         with pytest.raises(UpstreamResetError):
             await transport.handle_async_request(request(server.url, "POST", body=b"x"))
         assert transport.open_connections == 0  # the two other idle ones were retired
