@@ -50,6 +50,7 @@ class Sample:
     p99_ms: float
     non_2xx: int = 0
     socket_errors: int = 0
+    requests: int = 0
 
 
 @dataclass(slots=True)
@@ -152,18 +153,22 @@ def parse_wrk(output: str) -> Sample:
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
                        output)
+    requests = re.search(r"(\d+) requests in", output)
     return Sample(
         rps=float(rps.group(1)),
         p99_ms=_duration_ms(p99.group(1)),
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
+        requests=int(requests.group(1)) if requests else 0,
     )
 
 
-def run_wrk(url: str, *, duration: float, connections: int, threads: int) -> Sample:
+def run_wrk(url: str, *, duration: float, connections: int, threads: int,
+            headers: Sequence[str] = ()) -> Sample:
+    """One ``wrk`` load of ``url``; ``headers`` as ``"Name: value"`` strings."""
     out = subprocess.run(
         [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency",
-         "--timeout", "5s", url],
+         "--timeout", "5s", *(arg for header in headers for arg in ("-H", header)), url],
         capture_output=True, text=True, check=True, timeout=duration + 30,
     )
     return parse_wrk(out.stdout)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import ROOT, WRK, machine
+from bench._harness import ROOT, machine, run_wrk
 from bench.gateway import fleet
 
 PROBE = '''\
@@ -72,16 +70,6 @@ def read_stats(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-def wrk(url: str, seconds: float, connections: int, close: bool) -> int:
-    argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds:g}s", url]
-    if close:
-        argv[1:1] = ["-H", "Connection: close"]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    match = re.search(r"(\d+) requests in", out)
-    assert match is not None, out
-    return int(match.group(1))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of load (5)")
@@ -102,7 +90,9 @@ def main() -> int:
         env = {"PYTHONPATH": path, "SHOAL_BENCH_GC_OUT": str(out)}
         with fleet(tmp, "shoal.platform.gateway:app", env) as (urls, _):
             url = urls["shoal gateway"]
-            wrk(url, 1, args.connections, args.close)  # warm-up
+            headers = ["Connection: close"] if args.close else []
+            run_wrk(url, duration=1, connections=args.connections, threads=1,
+                    headers=headers)  # warm-up
             mark = out.with_name(out.name + ".mark")
             mark.touch()
             deadline = time.monotonic() + 5
@@ -110,7 +100,8 @@ def main() -> int:
                 time.sleep(0.02)
             time.sleep(0.2)  # (the probe writes its totals ten times a second)
             before = read_stats(out)
-            requests = wrk(url, args.duration, args.connections, args.close)
+            requests = run_wrk(url, duration=args.duration, connections=args.connections,
+                               threads=1, headers=headers).requests
             time.sleep(0.2)
             after = read_stats(out)
     print(f"Machine: {machine(['uvloop', 'httptools'])}")

@@ -158,7 +158,7 @@ def install(site: Path) -> list[Path]:
         raise RuntimeError(f"the installed sources differ from src/ ({differ[0]}): "
                            f"install the project from this checkout first")
     written = []
-    for built in (*(_extension(m) for m in MODULES), *SRC.glob(f"{GROUP}__mypyc*{SUFFIX}")):
+    for built in _artefacts():  # (the modules' shims and the group library they load)
         target = site / built.relative_to(SRC)
         shutil.copy2(built, target)
         written.append(target)
