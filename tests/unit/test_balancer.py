@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.client import InstanceTable, LeastOutstandingBalancer, RoundRobinBalancer
+from shoal.client._balancer import LATENCY_STALE_AFTER
 
 
 class FakeClock:
@@ -31,12 +32,52 @@ def test_p2c_prefers_the_instance_with_fewer_outstanding_requests():
 
 
 def test_p2c_breaks_ties_by_latency():
+    clock = FakeClock()
     table = InstanceTable(URLS[:2])
     slow, fast = table.instances
-    slow.observe_latency(0.5)
-    fast.observe_latency(0.01)
-    balancer = LeastOutstandingBalancer(table, clock=FakeClock(), rng=random.Random(1))
+    slow.observe_latency(0.5, clock.now)
+    fast.observe_latency(0.01, clock.now)
+    balancer = LeastOutstandingBalancer(table, clock=clock, rng=random.Random(1))
     assert all(balancer.pick() is fast for _ in range(50))
+
+
+def test_an_instance_that_lost_every_tie_gets_traffic_again_once_its_latency_is_stale():
+    """Sequential calls (no concurrency): the once-slow instance is not starved for ever,
+    and one fast sample after the stale time is enough to share the load again."""
+    clock = FakeClock()
+    table = InstanceTable(URLS[:2])
+    once_slow, fast = table.instances
+    once_slow.observe_latency(0.5, clock.now)
+    balancer = LeastOutstandingBalancer(table, clock=clock, rng=random.Random(1))
+
+    def call() -> object:
+        inst = balancer.pick()
+        assert inst is not None
+        inst.observe_latency(0.01, clock.now)  # both answer fast now
+        clock.now += 0.01
+        return inst
+
+    first_second = Counter(call() for _ in range(int(LATENCY_STALE_AFTER / 0.01) - 1))
+    assert first_second == {fast: sum(first_second.values())}
+    later = Counter(call() for _ in range(1000))
+    assert later[once_slow] > 300, later
+
+
+@given(slow_ms=st.floats(min_value=1, max_value=60_000), picks=st.integers(1, 50))
+def test_every_instance_is_picked_within_the_stale_time_plus_a_few_ties(slow_ms, picks):
+    clock = FakeClock()
+    table = InstanceTable(URLS[:3])
+    for i, inst in enumerate(table.instances):
+        inst.observe_latency(slow_ms / 1000 if i == 0 else 0.001, clock.now)
+    balancer = LeastOutstandingBalancer(table, clock=clock, rng=random.Random(picks))
+    clock.now += LATENCY_STALE_AFTER + 0.001
+    seen = set()
+    for _ in range(200):
+        inst = balancer.pick()
+        assert inst is not None
+        seen.add(inst)
+        inst.observe_latency(0.001, clock.now)
+    assert seen == set(table.instances)
 
 
 def test_p2c_spreads_load_over_equal_instances():

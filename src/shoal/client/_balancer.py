@@ -7,7 +7,9 @@ ejects and returns instances. A balancer picks one instance per attempt:
 * :class:`LeastOutstandingBalancer` (the default) - power of two choices: two distinct random
   healthy instances, the one with fewer outstanding requests wins; on a tie, a clearly slower
   one (latency EWMA over twice the other's) loses, so a slow instance sheds traffic even at low
-  concurrency.
+  concurrency. Only a recent average counts (:data:`LATENCY_STALE_AFTER`): an instance that
+  lost every tie gets traffic again once its average is stale, and its next sample starts the
+  average anew, so an instance that was slow once is never starved.
 * :class:`RoundRobinBalancer` - the healthy instances in turn.
 
 Both guarantee: an ejected instance is never picked while a healthy one exists, and an
@@ -28,6 +30,11 @@ _EWMA_ALPHA = 0.3
 _INF = float("inf")
 #: An instance whose latency average is this many times another's counts as slower.
 _SLOWER = 2.0
+#: Seconds after its last sample when an instance's latency average stops counting. Without
+#: it, an instance that lost the tie-break would get no traffic at low concurrency, so no new
+#: sample, and stay "slower" for ever (and, behind a gateway, its own breakers and caches would
+#: see no request to recover with).
+LATENCY_STALE_AFTER = 1.0
 
 
 class Instance:
@@ -40,6 +47,7 @@ class Instance:
         "ewma",
         "outstanding",
         "returned_at",
+        "sampled_at",
         "url",
     )
 
@@ -49,6 +57,8 @@ class Instance:
         self.outstanding = 0
         #: Moving average of attempt latency, seconds (0.0 until the first sample).
         self.ewma = 0.0
+        #: Clock reading of the last latency sample.
+        self.sampled_at = -_INF
         self.consecutive_failures = 0
         #: Ejected while ``now < ejected_until``.
         self.ejected_until = -_INF
@@ -60,11 +70,17 @@ class Instance:
     def is_ejected(self, now: float) -> bool:
         return now < self.ejected_until
 
-    def observe_latency(self, seconds: float) -> None:
-        if self.ewma == 0.0:
+    def observe_latency(self, seconds: float, now: float) -> None:
+        """Add an attempt's latency taken at ``now``; a stale average restarts from it."""
+        if now - self.sampled_at > LATENCY_STALE_AFTER:
             self.ewma = seconds
         else:
             self.ewma += _EWMA_ALPHA * (seconds - self.ewma)
+        self.sampled_at = now
+
+    def latency_is_recent(self, now: float) -> bool:
+        """Whether the latency average still speaks for the instance."""
+        return now - self.sampled_at <= LATENCY_STALE_AFTER
 
     def __repr__(self) -> str:
         return f"Instance({self.url!r}, outstanding={self.outstanding})"
@@ -172,8 +188,11 @@ class LeastOutstandingBalancer(_HealthyCache):
         a, b = candidates[i], candidates[j]
         if a.outstanding != b.outstanding:
             return a if a.outstanding < b.outstanding else b
-        # Equal load: only a clearly slower instance loses (noise must not concentrate load).
-        return b if a.ewma > _SLOWER * b.ewma else a
+        # Equal load: only a clearly slower instance loses (noise must not concentrate load),
+        # and only while that is recent (the clock is read on this rare path alone).
+        if a.ewma > _SLOWER * b.ewma and a.latency_is_recent(self._clock()):
+            return b
+        return a
 
 
 class RoundRobinBalancer(_HealthyCache):

@@ -353,7 +353,7 @@ class Upstream:
         call.instance = None
         inst.outstanding -= 1
         duration = time.monotonic() - call.sent_at
-        inst.observe_latency(duration)
+        inst.observe_latency(duration, self._clock())
         self.breaker.record(call.permit, failure=failure, duration=duration)
         event = self.outlier.record_failure(inst) if failure else self.outlier.record_success(inst)
         if event is not None:
