@@ -517,6 +517,11 @@ def test_a_stalled_or_trickling_body_is_answered_408_within_its_timeout(tmp_path
         assert stalled.status == 408
         assert stalled.header("connection") == "close"
         assert 1.0 <= took < 4.0
+        started = time.monotonic()
+        streamed = exchange(gw.url, b"POST /api/upload HTTP/1.1\r\nHost: a\r\n"
+                            b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")  # (forwarded)
+        assert streamed.status == 408
+        assert 1.0 <= time.monotonic() - started < 4.0
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(head)
             started = time.monotonic()
