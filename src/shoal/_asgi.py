@@ -22,7 +22,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _errors = get_logger("shoal.error")
+_log = get_logger("shoal.chassis")
 _B_REQUEST_ID = REQUEST_ID.encode()
+#: The status counted for a request whose client left before it was answered (nginx's).
+CLIENT_CLOSED_REQUEST = 499
 
 
 def route_template(scope: Scope) -> str:
@@ -69,7 +72,7 @@ class ShoalMiddleware:
         ctx = enter_request(trace, request_id, deadline)
         rid_header = (_B_REQUEST_ID, request_id.encode("latin-1"))
         method: str = scope["method"]
-        state = [500, False]  # status, response started
+        state = [500, False, False]  # status, response started, client disconnected
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -77,6 +80,12 @@ class ShoalMiddleware:
                 state[1] = True
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                state[2] = True
+            return message
 
         chassis.request_started()
         try:
@@ -89,9 +98,15 @@ class ShoalMiddleware:
                     PROBLEM_CONTENT_TYPE.encode(), [rid_header],
                 )
             elif self._chaos is None or not await self._fault(send_wrapper, path):
-                await self.app(scope, receive, send_wrapper)
+                await self.app(scope, receive_wrapper, send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the 500 safety net: log, answer, go on
             route = route_template(scope)
+            if state[2] and not state[1]:
+                # The client left (the app failed reading its body): nobody to answer, and
+                # no server error.
+                _log.info("request.abandoned", method=method, path=path, route=route,
+                          error=type(exc).__name__)
+                return
             chassis.exception_raised(route, exc)
             _errors.exception("request.failed", method=method, path=path, route=route)
             if not state[1]:
@@ -105,7 +120,7 @@ class ShoalMiddleware:
         finally:
             duration = time.perf_counter() - start
             route = route_template(scope)
-            status = state[0]
+            status = CLIENT_CLOSED_REQUEST if state[2] and not state[1] else state[0]
             chassis.finish_request(method, path, route, status, duration)
             ctx.exit()
 

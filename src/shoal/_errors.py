@@ -12,6 +12,7 @@
         ├── DeadlineExceededError   the request's deadline is spent
         ├── UpstreamConnectError    connecting or sending failed before any response
         │   └── UpstreamResetError  the connection broke after the request may have been sent
+        │       └── RequestBodyError  the caller's own streamed body failed (not the service)
         ├── UpstreamTimeoutError    the connect/read/total timeout elapsed
         └── UpstreamStatusError     the service answered with an error status (kept response data)
 """
@@ -127,6 +128,12 @@ class UpstreamResetError(UpstreamConnectError):
     Unlike a plain :class:`UpstreamConnectError` (nothing reached the service), the service may
     have acted on the request, so only idempotent requests are retried after it.
     """
+
+
+class RequestBodyError(UpstreamResetError):
+    """The request's streamed body raised (its ``__cause__``): the caller left or sent a bad
+    body. The service is not at fault: the call is neither retried nor counted against it
+    (breaker, outlier ejection)."""
 
 
 class UpstreamTimeoutError(UpstreamError):

@@ -7,7 +7,7 @@ import gc
 import os
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 
 import shoal
@@ -57,6 +57,12 @@ async def boom() -> None:
 @app.get("/problem")
 async def problem() -> None:
     raise shoal.ProblemError(409, detail="Already exists", headers={"Retry-After": "3"})
+
+
+@app.post("/raw")
+async def raw(request: Request) -> dict[str, int]:
+    """Reads the body itself: Starlette raises ``ClientDisconnect`` when the client leaves."""
+    return {"bytes": len(await request.body())}
 
 
 @app.get("/ctx")

@@ -44,6 +44,12 @@ def create_user() -> tuple[dict[str, str], int]:
     return user.model_dump(), 201
 
 
+@app.post("/raw")
+def raw() -> dict[str, int]:
+    """Reads the body itself: Werkzeug raises ``ClientDisconnected`` when the client leaves."""
+    return {"bytes": len(request.get_data())}
+
+
 @app.get("/slow")
 def slow() -> dict[str, float]:
     seconds = float(request.args.get("seconds", "1"))

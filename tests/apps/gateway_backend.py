@@ -63,6 +63,7 @@ async def cookies() -> Response:
     response.set_cookie("b", "2")
     response.headers["connection"] = "x-secret-hop"
     response.headers["x-secret-hop"] = "must-not-pass"
+    response.headers["x-powered-by"] = "FastAPI"
     return response
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import socket
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -101,3 +102,13 @@ def request(
         return Reply(resp.status, resp.getheaders(), resp.read())
     finally:
         conn.close()
+
+
+def exchange(url: str, data: bytes, *, timeout: float = 10.0) -> Reply:
+    """``data`` sent as is over a fresh connection (any head, however malformed); the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        return Reply(resp.status, resp.getheaders(), resp.read())

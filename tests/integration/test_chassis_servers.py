@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shoal.testing import run_server
+from shoal.testing import run_server, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -182,6 +183,22 @@ def test_500_never_leaks_the_exception_and_is_logged_with_the_trace_id(server):
     assert logged["trace_id"] == TRACE_ID
     assert "hunter2" in logged["exception"]
     assert logged["level"] == "error"
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_error(server):
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /raw HTTP/1.1\r\nhost: t\r\ncontent-type: text/plain\r\n"
+                     b"content-length: 100\r\n\r\nfour")
+    wait_until(lambda: any(route == "/raw" for route, _ in request_counts(server)),
+               timeout=10, what="the abandoned request counted")
+    statuses = {status for route, status in request_counts(server) if route == "/raw"}
+    if server.framework == "fastapi":  # Starlette raised ClientDisconnect in the handler
+        assert statuses == {"499"}  # nginx's "client closed request"
+    else:  # (gunicorn hands Flask the short body; Flask answers it, to nobody)
+        assert not any(status.startswith("5") for status in statuses)
+    assert not [ln for ln in server.log_lines() if ln.get("event") == "request.failed"
+                and ln.get("path") == "/raw"]
 
 
 def test_spent_deadline_is_refused_with_504(server):

@@ -22,7 +22,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
-from tests.integration._gateway import backend, gateway, one_route_spec, request, start_all
+from tests.integration._gateway import (
+    backend,
+    exchange,
+    gateway,
+    one_route_spec,
+    request,
+    start_all,
+)
 
 from shoal.platform.gateway import mint_token
 from shoal.testing import ServerProcess, free_port, wait_until
@@ -165,6 +172,13 @@ def test_response_headers_drop_hop_by_hop_and_keep_repeats(fleet: Fleet) -> None
     assert len(reply.all("date")) == 1
 
 
+def test_upstream_server_and_x_powered_by_headers_are_not_passed_on(fleet: Fleet) -> None:
+    reply = request(fleet.gw.url, "GET", "/files/cookies")
+    assert reply.status == 200
+    assert reply.header("server") is None  # (uvicorn's)
+    assert reply.header("x-powered-by") is None
+
+
 def test_streams_a_large_download(fleet: Fleet) -> None:
     reply = request(fleet.gw.url, "GET", "/files/download?chunks=64&size=65536")
     assert reply.status == 200
@@ -253,6 +267,76 @@ def test_bearer_auth_answers_401_and_403_problems(fleet: Fleet) -> None:
     ok = request(url, "GET", "/secure/x", headers={"Authorization": f"Bearer {_token()}"})
     assert ok.status == 200
     assert ok.json()["headers"]["authorization"].startswith("Bearer ")
+
+
+def test_more_than_one_authorization_header_is_a_400_on_every_route(fleet: Fleet) -> None:
+    good = mint_token(SECRET, subject="ada", scopes=["orders:read"], ttl=60)
+    forged = jwt.encode({"sub": "root", "scope": "orders:read", "exp": time.time() + 60},
+                        None, algorithm="none")
+    for path in ("/secure/x", "/api/users/1", "/nope"):
+        reply = request(fleet.gw.url, "GET", path, headers=[
+            ("Authorization", f"Bearer {forged}"), ("Authorization", f"Bearer {good}")])
+        assert reply.status == 400, path
+        assert reply.header("content-type") == "application/problem+json"
+        assert "Authorization" in reply.json()["detail"]
+    one = request(fleet.gw.url, "GET", "/secure/x", headers={"Authorization": f"Bearer {good}"})
+    assert one.status == 200
+    assert one.json()["headers"]["authorization"] == f"Bearer {good}"  # exactly what was checked
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (b"GET /api/users/1 HTTP/1.1\r\n\r\n", 400),  # no Host
+    (b"GET /api/users/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET /api/users/1 HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    (b"GET /api/users/1 HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+    (b"CONNECT /api/users HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    (b"CONNECT users:80 HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    (b"GET /api/users/1#x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"POST /api/users/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"POST /api/users/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+     b"0\r\n\r\n", 501),
+    (b"POST /api/users/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"5\r\nhello\r\nzz-not-hex\r\n", 400),  # a malformed chunked body
+])
+def test_requests_rfc_9112_refuses_are_problems_never_forwarded(
+    fleet: Fleet, head: bytes, status: int,
+) -> None:
+    reply = exchange(fleet.gw.url, head)
+    assert reply.status == status
+    assert reply.header("content-type") == "application/problem+json"
+    assert reply.json()["status"] == status
+
+
+def status_counts(url: str, route: str) -> dict[str, float]:
+    metrics = request(url, "GET", "/metrics").body.decode()
+    return {
+        s.labels["status"]: s.value
+        for family in text_string_to_metric_families(metrics) if family.name == "http_requests"
+        for s in family.samples
+        if s.name == "http_requests_total" and s.labels["route"] == route
+        and s.labels["service"] == "gateway"
+    }
+
+
+def test_a_client_that_leaves_before_its_answer_is_counted_and_logged_as_499(
+    fleet: Fleet,
+) -> None:
+    before = status_counts(fleet.gw.url, "/api/orders")
+    host, port = fleet.gw.url.removeprefix("http://").split(":")
+    for head in (b"content-length: 100\r\n\r\n0123456789",  # read whole before forwarding
+                 b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"):  # streamed upstream
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST /api/orders/left HTTP/1.1\r\nHost: a\r\n"
+                         b"x-request-id: left-early\r\n" + head)
+    wait_until(lambda: status_counts(fleet.gw.url, "/api/orders").get("499", 0)
+               >= before.get("499", 0) + 2, timeout=10, what="two requests counted as 499")
+    after = status_counts(fleet.gw.url, "/api/orders")
+    assert after.get("500", 0) == before.get("500", 0)
+    line = fleet.gw.wait_for_log(lambda ln: ln.get("request_id") == "left-early"
+                                 and ln.get("event") == "request", timeout=5)
+    assert line["status"] == 499
+    # Nor did it count against orders: its breaker is closed, no call failed.
+    assert request(fleet.gw.url, "GET", "/api/orders/still-fine").status == 200
 
 
 def test_rs256_route_verifies_with_the_public_key(fleet: Fleet) -> None:
@@ -417,3 +501,74 @@ def test_proxied_requests_leave_no_cyclic_garbage(tmp_path: Path) -> None:
             assert reply.status == 200
         collected = _gc_collected(gw.url) - before
         assert collected < requests / 10, f"{collected:.0f} objects freed by the cyclic GC"
+
+
+def test_a_stalled_or_trickling_body_is_answered_408_within_its_timeout(tmp_path: Path) -> None:
+    spec = one_route_spec(tmp_path, "{prefix: /api, service: users}",
+                          gateway="body_timeout: 1\n  small_body_timeout: 2")
+    with contextlib.ExitStack() as stack:
+        (users,) = start_all(stack, [backend("users")])
+        (gw,) = start_all(stack, [gateway(spec, {"users": [users]})])
+        host, port = gw.url.removeprefix("http://").split(":")
+        head = b"POST /api/x HTTP/1.1\r\nHost: a\r\ncontent-length: 100\r\n\r\n"
+        started = time.monotonic()
+        stalled = exchange(gw.url, head + b"x")  # one byte, then nothing
+        took = time.monotonic() - started
+        assert stalled.status == 408
+        assert stalled.header("connection") == "close"
+        assert 1.0 <= took < 4.0
+        started = time.monotonic()
+        streamed = exchange(gw.url, b"POST /api/upload HTTP/1.1\r\nHost: a\r\n"
+                            b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")  # (forwarded)
+        assert streamed.status == 408
+        assert 1.0 <= time.monotonic() - started < 4.0
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(head)
+            started = time.monotonic()
+            sock.settimeout(0.25)
+            answer = b""
+            while not answer and time.monotonic() - started < 10:
+                sock.sendall(b"x")  # a byte every 0.25 s: never a 1 s gap
+                with contextlib.suppress(TimeoutError):
+                    answer = sock.recv(65536)
+            took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert b"did not arrive whole within 2 s" in answer
+        assert 2.0 <= took < 5.0
+        assert request(gw.url, "GET", "/api/fine").status == 200
+
+
+def test_at_max_connections_new_ones_get_503_while_open_ones_keep_working(
+    tmp_path: Path,
+) -> None:
+    spec = one_route_spec(tmp_path, "{prefix: /api, service: users}",
+                          gateway="max_connections: 4")
+    with contextlib.ExitStack() as stack:
+        (users,) = start_all(stack, [backend("users")])
+        (gw,) = start_all(stack, [gateway(spec, {"users": [users]})])
+        host, port = gw.url.removeprefix("http://").split(":")
+        kept = http.client.HTTPConnection(host, int(port), timeout=10)
+        stack.callback(kept.close)
+
+        def get_on_kept(path: str) -> int:
+            kept.request("GET", path)
+            resp = kept.getresponse()
+            resp.read()
+            return resp.status
+
+        assert get_on_kept("/api/first") == 200
+        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+        for sock in idle:
+            stack.callback(sock.close)
+        # (the 4 are open once the gateway counts them: the next one is refused)
+        refused = wait_until(lambda: (r := request(gw.url, "GET", "/api/x")).status == 503
+                             and r, timeout=10, what="a connection over the cap refused")
+        assert refused.header("content-type") == "application/problem+json"
+        assert refused.header("retry-after") == "1"
+        assert get_on_kept("/api/second") == 200  # the open keep-alive connection still works
+        for sock in idle:
+            sock.close()
+        wait_until(lambda: request(gw.url, "GET", "/api/x").status == 200, timeout=10,
+                   what="new connections accepted again")
+        assert gw.wait_for_log(lambda ln: ln.get("event") == "server.connections_refused",
+                               timeout=5)["max_connections"] == 4

@@ -91,6 +91,13 @@ def test_request_headers_drop_hop_by_hop_and_set_forwarded() -> None:
     }
 
 
+def test_response_headers_drop_server_and_x_powered_by_unless_configured_otherwise() -> None:
+    raw = [(b"Server", b"uvicorn/0.30"), (b"X-Powered-By", b"Express"), (b"X-Kept", b"1")]
+    assert forward_response_headers(raw) == [(b"x-kept", b"1")]
+    assert forward_response_headers(raw, strip=frozenset({b"x-kept"})) == [
+        (b"server", b"uvicorn/0.30"), (b"x-powered-by", b"Express")]
+
+
 def test_response_headers_keep_repeats_and_drop_connection_named() -> None:
     out = forward_response_headers([
         (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"Connection", b"x-private"),
@@ -158,6 +165,45 @@ def test_hs256_verifier(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AuthError) as alg:
         verifier.verify(f"Bearer {none_alg}")
     assert alg.value.status == 401
+
+
+@pytest.mark.parametrize("claims", [
+    {"exp": "99999999999"},  # a numeric string, which PyJWT takes for a number
+    {"exp": 4102444800.0 * 10},  # centuries away
+    {"exp": 4102444800},  # 2100, minted now
+    {"iat": "0", "exp": int(time.time()) + 600},
+    {"exp": True},
+])
+def test_hs256_verifier_refuses_exp_that_is_no_number_or_too_far(
+    monkeypatch: pytest.MonkeyPatch, claims: dict[str, object],
+) -> None:
+    monkeypatch.setenv("GW_UNIT_SECRET", SECRET)
+    verifier = TokenVerifier(RouteAuth(secret_env="GW_UNIT_SECRET"))
+    token = jwt.encode({"sub": "x", **claims}, SECRET, algorithm="HS256")
+    with pytest.raises(AuthError) as refused:
+        verifier.verify(f"Bearer {token}")
+    assert refused.value.status == 401
+
+
+def test_hs256_verifier_bounds_the_lifetime_past_iat_and_now(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GW_UNIT_SECRET", SECRET)
+    verifier = TokenVerifier(RouteAuth(secret_env="GW_UNIT_SECRET", max_lifetime=3600))
+    now = int(time.time())
+
+    def verify(**claims: object) -> None:
+        verifier.verify("Bearer " + jwt.encode({"sub": "x", **claims}, SECRET,
+                                               algorithm="HS256"))
+
+    verify(iat=now, exp=now + 3600)
+    verify(exp=now + 3000)  # (no iat: counted from now)
+    verify(iat=now - 3000, exp=now + 500)
+    for claims in ({"iat": now, "exp": now + 3700}, {"exp": now + 3700},
+                   {"iat": now - 3000, "exp": now + 700}):
+        with pytest.raises(AuthError, match="lives longer than 3600 s"):
+            verify(**claims)
+    assert TokenVerifier(RouteAuth(secret_env="GW_UNIT_SECRET")).max_lifetime == 86400
 
 
 def test_hs256_verifier_needs_its_secret(monkeypatch: pytest.MonkeyPatch) -> None:

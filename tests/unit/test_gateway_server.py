@@ -18,11 +18,14 @@ import pytest
 from tests._gc import shoal_cyclic_garbage
 
 from shoal.platform.gateway._server import (
+    CLIENT_CLOSED_REQUEST,
     HIGH_WATER,
     MAX_HEAD,
+    BadBodyError,
     BodyTooLargeError,
     ClientGoneError,
     Connection,
+    Refusal,
     Request,
     ServerState,
 )
@@ -94,13 +97,15 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def serving(handler: Handler, *, max_body: int = 1 << 20,
-                  keepalive: float = 5.0) -> AsyncIterator[Server]:
+async def serving(handler: Handler, *, max_body: int = 1 << 20, keepalive: float = 5.0,
+                  **limits: Any) -> AsyncIterator[Server]:
     loop = asyncio.get_running_loop()
-    state = ServerState(handler, max_body=max_body, keepalive=keepalive)
+    state = ServerState(handler, max_body=max_body, keepalive=keepalive, **limits)
     made: list[SpyConnection] = []
 
-    def factory() -> SpyConnection:
+    def factory() -> asyncio.Protocol:
+        if state.full:  # (as ServerState.protocol does)
+            return Refusal(state)
         conn = SpyConnection(state)
         made.append(conn)
         return conn
@@ -723,24 +728,28 @@ async def test_client_disconnect_while_reading_the_body_raises_client_gone() -> 
         assert server.conn.closed
 
 
-async def test_malformed_chunked_body_ends_the_handlers_wait() -> None:
-    outcome: list[BaseException] = []
+async def answer_body_errors(request: Request, conn: Connection) -> None:
+    """Reads the body whole, answering a bad one as the gateway does."""
+    assert request.body is not None
+    try:
+        body = await request.body.read_all()
+    except BadBodyError as exc:
+        conn.problem(request, exc.status, exc.detail)
+        return
+    conn.respond(request, 200, [], b"read %d" % len(body or b""))
 
-    async def handler(request: Request, conn: Connection) -> None:
-        assert request.body is not None
-        try:
-            async for _ in request.body:
-                pass
-        except ClientGoneError as exc:
-            outcome.append(exc)
-            return
-        conn.respond(request, 200, [], b"read")
 
-    async with serving(handler) as server, client(server) as c:
+async def test_malformed_chunked_body_fails_the_handlers_read_with_400() -> None:
+    async with serving(answer_body_errors) as server, client(server) as c:
         c.send(b"POST /up HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
                b"5\r\nhello\r\nzz-not-hex\r\n")
+        resp = await c.response()
+
+        assert resp.status == 400
+        assert resp.header(b"content-type") == b"application/problem+json"
+        assert "chunk size" in json.loads(resp.body)["detail"]
+        assert resp.header(b"connection") == b"close"
         assert await c.closed_by_server()
-        assert len(outcome) == 1
 
 
 # -- half-close and a failing handler -------------------------------------------------------------
@@ -798,3 +807,177 @@ async def test_closed_connections_leave_no_cyclic_garbage() -> None:
             assert len(server.made) == 3
         del server, c  # (the spies it keeps hold the connections)
     assert leaked == []
+
+
+async def test_a_request_whose_client_left_before_the_answer_counts_as_499() -> None:
+    seen: list[Request] = []
+    release = asyncio.Event()
+
+    async def handler(request: Request, conn: Connection) -> None:
+        seen.append(request)
+        await release.wait()
+        await echo_path(request, conn)  # (to nobody)
+
+    async with serving(handler) as server:
+        c = await Client.connect(server)
+        c.send(b"POST /left HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\n01234")
+        await wait_for(lambda: bool(seen))
+        await c.aclose()
+        await wait_for(lambda: not server.state.connections)
+        release.set()
+        await wait_for(lambda: server.conn._worker is None)
+
+    assert seen[0].status == CLIENT_CLOSED_REQUEST
+    assert not seen[0].answered
+
+
+# -- slow bodies ----------------------------------------------------------------------------------
+
+
+async def test_a_body_that_stalls_fails_with_408_after_body_timeout() -> None:
+    loop = asyncio.get_running_loop()
+    async with serving(answer_body_errors, body_timeout=0.4) as server, client(server) as c:
+        sweeper = loop.create_task(sweep_every(server.state))
+        try:
+            started = loop.time()
+            c.send(b"POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\nx")
+            resp = await c.response()
+            took = loop.time() - started
+        finally:
+            sweeper.cancel()
+
+        assert resp.status == 408
+        assert "No body bytes arrived for 0.4 s" in json.loads(resp.body)["detail"]
+        assert resp.header(b"connection") == b"close"
+        assert await c.closed_by_server()
+        assert 0.4 <= took < 0.4 + 3 * server.state.sweep_interval + 0.5
+
+
+async def test_a_small_body_trickling_in_fails_with_408_at_small_body_timeout() -> None:
+    loop = asyncio.get_running_loop()
+    async with serving(answer_body_errors, body_timeout=5.0, small_body_timeout=0.6) as server, \
+            client(server) as c:
+        sweeper = loop.create_task(sweep_every(server.state))
+        started = loop.time()
+        c.send(b"POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n")
+        answer = asyncio.ensure_future(c.response())
+        try:
+            while not answer.done():  # a byte every 50 ms: never a gap of body_timeout
+                c.send(b"x")
+                await asyncio.wait([answer], timeout=0.05)
+            resp = answer.result()
+        finally:
+            sweeper.cancel()
+        took = loop.time() - started
+
+    assert resp.status == 408
+    assert "did not arrive whole within 0.6 s" in json.loads(resp.body)["detail"]
+    assert took < 5.0
+
+
+async def test_time_the_server_holds_a_body_up_is_not_counted_against_the_client() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def slow_to_read(request: Request, conn: Connection) -> None:
+        await asyncio.sleep(0.5)  # longer than both timeouts, before asking for the body
+        await answer_body_errors(request, conn)
+
+    async with serving(slow_to_read, body_timeout=0.2, small_body_timeout=0.3) as server, \
+            client(server) as c:
+        sweeper = loop.create_task(sweep_every(server.state))
+        try:
+            c.send(b"PUT /x HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\n"
+                   b"content-length: 4\r\n\r\n")
+            assert (await c.head()).status == 100  # sent once the handler reads
+            c.send(b"data")
+            resp = await c.response()
+        finally:
+            sweeper.cancel()
+
+        assert (resp.status, resp.body) == (200, b"read 4")
+
+
+async def sweep_every(state: ServerState) -> None:
+    """What ``serve`` runs: a sweep each ``sweep_interval``."""
+    while True:
+        await asyncio.sleep(state.sweep_interval)
+        state.sweep()
+
+
+# -- the connection cap ---------------------------------------------------------------------------
+
+
+async def test_beyond_max_connections_new_ones_get_503_while_open_ones_keep_working() -> None:
+    async with serving(echo_path, max_connections=2) as server:
+        async with client(server) as first, client(server) as second:
+            await wait_for(lambda: len(server.state.connections) == 2)
+            first.send(get("/a"))
+            assert (await first.response()).body == b"/a"
+            async with client(server) as third:
+                third.send(get("/refused"))  # (sent before the answer: a lingering close)
+                refused = await third.response()
+                assert refused.status == 503
+                assert refused.header(b"content-type") == b"application/problem+json"
+                assert refused.header(b"retry-after") == b"1"
+                assert refused.header(b"connection") == b"close"
+                assert await third.closed_by_server()
+            # The connections already open are served as before.
+            first.send(get("/b"))
+            second.send(get("/c"))
+            assert (await first.response()).body == b"/b"
+            assert (await second.response()).body == b"/c"
+            assert server.state.refused == 1
+        await wait_for(lambda: not server.state.connections and not server.state.lingering)
+        async with client(server) as again:  # room again
+            again.send(get("/d"))
+            assert (await again.response()).body == b"/d"
+
+
+# -- RFC 9112 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+    (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400),
+    (b"GET / HTTP/1.0\r\nhost: a\r\nhost: a\r\n\r\n", 400),
+    (b"GET / HTTP/2.0\r\nhost: a\r\n\r\n", 505),
+    (b"GET / HTTP/0.9\r\nhost: a\r\n\r\n", 505),
+    (b"GET / HTTP/1.2\r\nhost: a\r\n\r\n", 505),
+    (b"GET /a#frag HTTP/1.1\r\nhost: a\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked, identity\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n"
+     b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.0\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+     400),
+])
+async def test_heads_rfc_9112_refuses_are_answered_and_never_reach_the_handler(
+    head: bytes, status: int,
+) -> None:
+    called: list[Request] = []
+
+    async def handler(request: Request, conn: Connection) -> None:
+        called.append(request)
+        await echo_path(request, conn)
+
+    async with serving(handler) as server, client(server) as c:
+        c.send(head)
+        resp = await c.response()
+
+        assert resp.status == status
+        assert resp.header(b"content-type") == b"application/problem+json"
+        assert json.loads(resp.body)["status"] == status
+        assert await c.closed_by_server()
+        assert called == []
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.0\r\n\r\n",  # (HTTP/1.0 needs no Host)
+    b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: Chunked\r\n\r\n0\r\n\r\n",
+])
+async def test_heads_rfc_9112_allows_are_served(head: bytes) -> None:
+    async with serving(echo_path) as server, client(server) as c:
+        c.send(head)
+        assert (await c.response()).status == 200

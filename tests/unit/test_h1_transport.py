@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from tests._gc import shoal_cyclic_garbage
 
-from shoal._errors import UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError
-from shoal.client import AsyncClient, Request, RetryPolicy, Timeouts
+from shoal._errors import (
+    RequestBodyError,
+    UpstreamConnectError,
+    UpstreamResetError,
+    UpstreamTimeoutError,
+)
+from shoal.client import (
+    AsyncClient,
+    BreakerPolicy,
+    BreakerState,
+    OutlierPolicy,
+    Request,
+    RetryPolicy,
+    Timeouts,
+)
 from shoal.client._h1conn import HIGH_WATER
 from shoal.client._h1transport import H1Transport
 from shoal.discovery import StaticResolver
@@ -334,6 +348,37 @@ async def test_a_failing_request_body_is_a_reset_error_caused_by_it() -> None:
         with pytest.raises(UpstreamResetError) as info:
             await transport.handle_async_stream(req)
         assert isinstance(info.value.__cause__, Gone)
+
+
+async def test_request_bodies_that_fail_count_neither_for_the_breaker_nor_for_ejection() -> None:
+    # The caller leaving (its streamed body raising) is not the upstream failing: were each
+    # counted as a failure, five would open the breaker and eject the instance.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    class Gone(Exception):
+        pass
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a"
+        raise Gone
+
+    async with Server(handler) as server:
+        client = AsyncClient(
+            service="t", transport=H1Transport(),
+            resolver=StaticResolver({"users": [server.url]}),
+            breaker=BreakerPolicy(minimum_calls=5, window_size=10),
+            outlier=OutlierPolicy(consecutive_failures=2),
+        )
+        for _ in range(20):
+            with pytest.raises(RequestBodyError) as info:
+                await client.stream("POST", "http://users/x", body=body())
+            assert isinstance(info.value.__cause__, Gone)
+        upstream = client.upstream("users")
+        assert upstream.breaker.state is BreakerState.CLOSED
+        assert upstream.table.ejected_count(time.monotonic()) == 0
+        assert upstream.breaker.try_acquire() is not None
+        await client.aclose()
 
 
 async def test_header_injection_is_refused(transport: H1Transport) -> None:

@@ -67,6 +67,16 @@ def test_parse_exposition_sums_requests_errors_buckets_and_reads_breakers() -> N
     assert s.breakers == {"users": 1}
 
 
+def test_requests_the_client_abandoned_are_no_errors() -> None:
+    # 499: the client left before the answer (the gateway and the chassis count it so)
+    r = FakeReplica()
+    r.serve(6)
+    r.serve(3, "499")
+    r.serve(1, "500")
+    s = parse_exposition(r.text(), at=10.0)
+    assert (s.requests, s.errors) == (10, 1)
+
+
 def test_the_fast_path_reads_what_prometheus_clients_parser_reads() -> None:
     r = FakeReplica()
     r.serve(5)

@@ -11,7 +11,7 @@ under a per-client budget, and declared fallbacks. :class:`Client` is the blocki
 Flask services. The policy cores are pure classes, usable and testable on their own.
 """
 
-from shoal._errors import UpstreamResetError
+from shoal._errors import RequestBodyError, UpstreamResetError
 from shoal.client._async import AsyncClient
 from shoal.client._balancer import (
     Balancer,
@@ -63,6 +63,7 @@ __all__ = [
     "OutlierDetector",
     "OutlierPolicy",
     "Request",
+    "RequestBodyError",
     "Response",
     "RetryBudget",
     "RetryBudgetPolicy",

@@ -8,8 +8,8 @@ objects. It implements the same seam as :class:`~shoal.client._aiohttp.AiohttpTr
 
 Errors are translated at the boundary: connect failures and connect timeouts →
 :class:`UpstreamConnectError`; the deadline or read timeout → :class:`UpstreamTimeoutError`;
-a connection that breaks (or a request body that fails) after sending →
-:class:`UpstreamResetError`, always ``raise ... from`` the original.
+a connection that breaks after sending → :class:`UpstreamResetError`; a streamed request
+body that raises → :class:`RequestBodyError`; always ``raise ... from`` the original.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from shoal._errors import (
     ConfigurationError,
+    RequestBodyError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamResetError,
@@ -162,6 +163,10 @@ def _translate(request: Request, exc: BaseException) -> UpstreamError:
         return caused(UpstreamTimeoutError(f"{request.method} {request.url} timed out",
                                            service=request.service, instance=request.instance),
                       exc)
+    if request.stream is not None and not isinstance(exc, ConnectionBroke | OSError):
+        # (the connection only fails with those: anything else is the body's own error)
+        return caused(RequestBodyError(f"the request body failed: {exc!r}",
+                                       service=request.service, instance=request.instance), exc)
     return caused(UpstreamResetError(f"connection to {request.instance} broke: {exc!r}",
                                      service=request.service, instance=request.instance), exc)
 

@@ -29,6 +29,7 @@ from shoal._errors import (
     ConfigurationError,
     DeadlineExceededError,
     NoHealthyInstanceError,
+    RequestBodyError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamResetError,
@@ -388,6 +389,10 @@ class Upstream:
         error to give up (a timeout caused by the request's deadline becomes
         :class:`DeadlineExceededError`)."""
         exc.attempts = call.attempt
+        if isinstance(exc, RequestBodyError):
+            # The caller's body failed (it left, or sent a bad one): not the instance's fault.
+            self.abort_attempt(call)
+            raise exc
         if isinstance(exc, UpstreamTimeoutError):
             if call.deadline is not None and time.monotonic() >= call.deadline - 0.001:
                 # The caller's budget ran out, not the instance: no penalty.

@@ -144,6 +144,8 @@ class RouteAuth(_Strict):
     issuer: str | None = None
     #: Scopes (space-separated ``scope`` claim) the token must carry; 403 otherwise.
     scopes: list[str] = Field(default_factory=list)
+    #: Seconds a token may live: ``exp`` further than this past ``iat`` (or now) is refused.
+    max_lifetime: float = Field(default=86400.0, gt=0)
 
 
 class Route(_Strict):
@@ -176,6 +178,16 @@ class Gateway(_Strict):
     routes: list[Route] = Field(min_length=1)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     rate_limit: RateLimit | None = None
+    #: Client connections open at once; a connection beyond it is answered 503 and closed.
+    #: ``None``: half the process' file-descriptor limit.
+    max_connections: int | None = Field(default=None, ge=1)
+    #: Seconds a request body may go without a byte arriving (then 408).
+    body_timeout: Seconds = 10.0
+    #: Seconds a body of declared length up to 64 KiB has to arrive whole (then 408).
+    small_body_timeout: Seconds = 30.0
+    #: Upstream response headers never passed to clients (names, any case).
+    strip_response_headers: list[str] = Field(
+        default_factory=lambda: ["server", "x-powered-by"])
 
 
 class ControlPlane(_Strict):

@@ -2,8 +2,10 @@
 
 A route with ``auth`` accepts a request only with ``Authorization: Bearer <jwt>`` whose
 signature verifies with the route's key (the algorithm is fixed by the route, never taken from
-the token), that has not expired, matches ``audience``/``issuer`` when configured (401
-otherwise), and carries every scope the route requires in its ``scope`` claim (403 otherwise).
+the token), that has not expired, whose ``exp`` (and ``iat``/``nbf``) are JSON numbers and whose
+``exp`` is at most ``max_lifetime`` past ``iat`` and now, that matches ``audience``/``issuer``
+when configured (401 otherwise), and carries every scope the route requires in its ``scope``
+claim (403 otherwise).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class TokenVerifier:
         self.audience = auth.audience
         self.issuer = auth.issuer
         self.scopes = tuple(auth.scopes)
+        self.max_lifetime = auth.max_lifetime
         self._required_scope = " ".join(auth.scopes)
         self._key: Any = None
         self._jwks: dict[str, Any] = {}
@@ -125,6 +128,7 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise AuthError(401, f"The bearer token is invalid: {exc}.",
                             _challenge("invalid_token")) from exc
+        self._check_times(claims)
         if self.scopes:
             granted = _scopes_of(claims)
             missing = [s for s in self.scopes if s not in granted]
@@ -132,6 +136,24 @@ class TokenVerifier:
                 raise AuthError(403, "The token lacks the scope(s): " + " ".join(missing) + ".",
                                 _challenge("insufficient_scope", self._required_scope))
         return claims
+
+
+    def _check_times(self, claims: dict[str, Any]) -> None:
+        """PyJWT takes ``"exp": "99999999999"`` (a string) for a number, and any ``exp`` at
+        all: a token has to be a number of seconds, and live at most ``max_lifetime``."""
+        for name in ("exp", "iat", "nbf"):
+            value = claims.get(name)
+            if name in claims and (isinstance(value, bool) or
+                                   not isinstance(value, int | float)):
+                raise AuthError(401, f"The bearer token's {name!r} claim is not a number.",
+                                _challenge("invalid_token"))
+        exp = claims["exp"]
+        now = time.time()
+        iat = claims.get("iat")
+        start = now if iat is None else min(now, iat)
+        if exp - start > self.max_lifetime + LEEWAY:
+            raise AuthError(401, f"The bearer token lives longer than {self.max_lifetime:g} s.",
+                            _challenge("invalid_token"))
 
 
 def _scopes_of(claims: dict[str, Any]) -> set[str]:

@@ -35,6 +35,9 @@ _SET_BY_GATEWAY = frozenset({
 _DROP_REQUEST = HOP_BY_HOP | _SET_BY_GATEWAY
 # The gateway's own server adds these to every response; an upstream's copy would duplicate.
 _DROP_RESPONSE = HOP_BY_HOP | frozenset({b"x-request-id", b"date"})
+#: Upstream response headers not passed to clients by default: they tell an attacker which
+#: server and framework (and versions) stand behind the gateway.
+STRIPPED_RESPONSE_HEADERS = frozenset({b"server", b"x-powered-by"})
 
 
 def _connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -90,16 +93,20 @@ def forward_request_headers(
     return headers
 
 
-def forward_response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def forward_response_headers(
+    raw: Sequence[tuple[bytes, bytes]], *, strip: frozenset[bytes] = STRIPPED_RESPONSE_HEADERS,
+) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers to send to the caller (ASGI form, repeats kept):
-    without hop-by-hop headers and without the ``x-request-id``/``date`` the gateway's server
-    sets itself."""
+    without hop-by-hop headers, without the ``x-request-id``/``date`` the gateway's server
+    sets itself and without those named in ``strip`` (lower-case)."""
     out: list[tuple[bytes, bytes]] = []
     has_connection = False
     for name, value in raw:
         lower = name.lower()
         if lower in _DROP_RESPONSE:
             has_connection = has_connection or lower == b"connection"
+            continue
+        if lower in strip:
             continue
         out.append((lower, value))
     if has_connection:

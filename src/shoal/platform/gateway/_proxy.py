@@ -1,11 +1,13 @@
 """The gateway's request handling: route, check, forward through Shoal's client, stream back.
 
 Per request, in order: the chassis part (probes; trace, request id and deadline; chaos faults
-when enabled), then route by longest prefix (404), method (405), dot segments (400), rate
-limit (429), bearer token (401/403), declared body size (413); then the request is forwarded
-with the route's timeout as its deadline, the request body streaming upstream as it arrives
-and the response streaming back. Every refusal is ``application/problem+json``. Each request
-is counted in the chassis metrics and logged as one JSON access line.
+when enabled), then a repeated ``Authorization`` (400), route by longest prefix (404, also
+``CONNECT``), method (405), dot segments (400), rate limit (429), bearer token (401/403),
+declared body size (413); then the request is forwarded with the route's timeout as its
+deadline, the request body streaming upstream as it arrives and the response streaming back.
+Every refusal is ``application/problem+json``; a body that stalls or is malformed is 408 or
+400. Each request is counted in the chassis metrics and logged as one JSON access line, as
+499 when the client left before its answer.
 
 It runs on the gateway's own HTTP/1.1 server (:mod:`._server`), not on an ASGI server: that
 server hands it the parsed head and writes each answer in one ``write``.
@@ -27,6 +29,7 @@ from shoal._errors import (
     CircuitOpenError,
     DeadlineExceededError,
     NoHealthyInstanceError,
+    RequestBodyError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamStatusError,
@@ -42,8 +45,7 @@ from shoal.platform.gateway._headers import forward_request_headers, forward_res
 from shoal.platform.gateway._ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from shoal.platform.gateway._routes import MatchedRoute, RouteTable, has_dot_segment
 from shoal.platform.gateway._server import (
-    BodyTooLargeError,
-    ClientGoneError,
+    BadBodyError,
     Connection,
     Headers,
     Request,
@@ -85,6 +87,8 @@ class GatewayHandler:
         self.chassis = chassis or Chassis(GATEWAY_SERVICE)
         self.routes = RouteTable(gateway.routes)
         self.max_body = gateway.max_body_bytes
+        self._strip = frozenset(n.lower().encode("latin-1")
+                                for n in gateway.strip_response_headers)
         self._verifiers: dict[str, TokenVerifier] = {}
         for compiled in self.routes._routes:
             if compiled.route.auth is not None:
@@ -118,7 +122,12 @@ class GatewayHandler:
 
     def shoal_serve(self, settings: Settings) -> None:
         """Run the gateway's own server (``shoal serve`` calls this) until SIGTERM; drain."""
-        uvloop.run(serve(self, settings, max_body=self.max_body, on_stop=self.aclose))
+        gateway = self.gateway
+        limits = {"max_connections": gateway.max_connections,
+                  "body_timeout": gateway.body_timeout,
+                  "small_body_timeout": gateway.small_body_timeout}
+        uvloop.run(serve(self, settings, max_body=self.max_body, on_stop=self.aclose,
+                         limits=limits))
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -189,12 +198,22 @@ class GatewayHandler:
         self, request: Request, conn: Connection, rid: tuple[bytes, bytes]
     ) -> None:
         path = request.path
-        route = self.routes.match(path)
+        method = request.method
+        # (never forwarded: the gateway is no tunnel; llhttp treats it as an upgrade)
+        route = self.routes.match(path) if method != "CONNECT" else None
+        if route is not None:
+            request.route = route.prefix  # the metric label: bounded, never the raw path
+        authorization = None
+        for name, value in request.headers:
+            if name == b"authorization":
+                if authorization is not None:
+                    # Which one would be checked and which one would the service trust?
+                    conn.problem(request, 400, "More than one Authorization header.", [rid])
+                    return
+                authorization = value
         if route is None:
             conn.problem(request, 404, "No route matches this path.", [rid])
             return
-        request.route = route.prefix  # the metric label: bounded, never the raw path
-        method = request.method
         if route.methods is not None and method not in route.methods:
             allow = ", ".join(sorted(route.methods)).encode()
             conn.problem(request, 405, f"{method} is not allowed on this route.",
@@ -211,12 +230,9 @@ class GatewayHandler:
                 return
         verifier = self._verifiers.get(route.prefix)
         if verifier is not None:
-            authorization = None
-            for name, value in request.headers:
-                if name == b"authorization":
-                    authorization = value.decode("latin-1")
             try:
-                verifier.verify(authorization)
+                # (the one value checked is the one forwarded: repeats were refused above)
+                verifier.verify(None if authorization is None else authorization.decode("latin-1"))
             except AuthError as exc:
                 conn.problem(request, exc.status, exc.detail,
                              [(b"www-authenticate", exc.challenge.encode()), rid])
@@ -228,7 +244,11 @@ class GatewayHandler:
                 conn.problem(request, 413, f"The body exceeds {self.max_body} bytes.", [rid])
                 return
             if length is not None and length <= BUFFER_LIMIT:
-                body = await request.body.read_all()
+                try:
+                    body = await request.body.read_all()
+                except BadBodyError as exc:
+                    conn.problem(request, exc.status, exc.detail, [rid])
+                    return
                 if body is None:
                     return  # the caller left, or sent more than it declared
         headers = forward_request_headers(request.headers, client_ip=request.client_ip,
@@ -250,7 +270,7 @@ class GatewayHandler:
                      route: MatchedRoute, rid: tuple[bytes, bytes]) -> None:
         try:
             iterator = response.__aiter__()
-            headers = forward_response_headers(response.raw_headers)
+            headers = forward_response_headers(response.raw_headers, strip=self._strip)
             length = None
             for name, value in headers:  # (cheaper than decoding the headers mapping)
                 if name == b"content-length":
@@ -284,20 +304,20 @@ class GatewayHandler:
         self, request: Request, conn: Connection, exc: UpstreamError, route: MatchedRoute,
         body: bytes | RequestBody | None, rid: tuple[bytes, bytes],
     ) -> None:
-        if isinstance(body, RequestBody):
-            if body.too_large:
-                conn.problem(request, 413, f"The body exceeds {self.max_body} bytes.", [rid])
-                return
+        if isinstance(body, RequestBody) and body.too_large:
+            conn.problem(request, 413, f"The body exceeds {self.max_body} bytes.", [rid])
+            return
+        if isinstance(exc, RequestBodyError):  # the request's own body failed, not the service
             cause = exc.__cause__
-            if isinstance(cause, ClientGoneError | BodyTooLargeError) or isinstance(
-                getattr(cause, "__cause__", None), ClientGoneError
-            ):
-                return
+            if isinstance(cause, BadBodyError):
+                conn.problem(request, cause.status, cause.detail, [rid])
+            return  # else the caller left (counted as 499)
         if isinstance(exc, UpstreamStatusError):
             # The upstream's own final 5xx (retries spent): pass it on as it was.
             headers = [
                 (n, v) for n, v in forward_response_headers(
-                    [(k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+                    [(k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()],
+                    strip=self._strip,
                 ) if n != b"content-length"
             ]
             headers.append(rid)

@@ -8,8 +8,12 @@ gateway's handler and writes each answer that arrived whole in one ``write``.
 One :class:`Connection` per client connection: it parses, runs one request at a time (a
 pipelined request waits, with reading paused), streams the request body to the handler with
 flow control (reading pauses above :data:`HIGH_WATER` unconsumed bytes) and writes the answer
-with flow control the other way. Idle keep-alive connections close after
-``keepalive`` seconds; a head over :data:`MAX_HEAD` bytes is answered 431, a malformed one 400.
+with flow control the other way. Idle keep-alive connections (and a head still arriving)
+close after ``keepalive`` seconds; a body that stalls for ``body_timeout`` seconds, or a small
+one not whole within ``small_body_timeout``, fails with 408. A head over :data:`MAX_HEAD`
+bytes is answered 431, a malformed one 400 (RFC 9112's checks: one ``Host``, HTTP/1.0 or 1.1
+only, no fragment, no transfer coding but ``chunked``), then the connection closes. Beyond
+``max_connections`` open connections a new one is answered 503 and closed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import resource
 import signal
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,8 +42,17 @@ LOW_WATER = 64 * 1024
 #: Largest request head (request line and headers) accepted.
 MAX_HEAD = 64 * 1024
 
-#: Seconds between sweeps for idle keep-alive connections.
+#: Seconds between sweeps for idle keep-alive connections and stalled bodies (at most).
 SWEEP_INTERVAL = 1.0
+#: Bodies of a declared length up to this size must arrive whole within ``small_body_timeout``.
+SMALL_BODY = 64 * 1024
+#: The status counted for a request whose client left before it was answered (nginx's).
+CLIENT_CLOSED_REQUEST = 499
+#: Refused connections lingering at once (draining the client's request before the close,
+#: so that it reads the 503 instead of a reset); past it, refusals close at once.
+MAX_LINGERING = 256
+#: Seconds a refused connection lingers at most.
+LINGER = 2.0
 
 _log = get_logger("shoal.serve")
 _PROBLEM = PROBLEM_CONTENT_TYPE.encode()
@@ -61,6 +75,17 @@ class ClientGoneError(Exception):
     """The caller disconnected before its request body was complete."""
 
 
+class BadBodyError(Exception):
+    """The request body cannot be had whole: malformed (``status`` 400) or too slow (408).
+
+    The connection stops reading; the handler answers ``status`` with ``detail``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
 def status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
@@ -69,8 +94,8 @@ def status_line(status: int) -> bytes:
 class Request:
     """One request's head, its body (if it has one) and what the handler answered."""
 
-    __slots__ = ("body", "client_ip", "headers", "http10", "keep_alive", "method", "path",
-                 "query", "route", "status", "target")
+    __slots__ = ("answered", "body", "client_ip", "headers", "http10", "keep_alive", "method",
+                 "path", "query", "route", "status", "target")
 
     def __init__(  # noqa: PLR0917 - the parts of a request head
         self, method: str, target: bytes, headers: Headers, keep_alive: bool,
@@ -97,8 +122,10 @@ class Request:
         self.keep_alive = keep_alive
         self.client_ip = client_ip
         self.body = body
-        #: Set by the handler: the status it answered and the route label for metrics.
+        #: Set by the handler: the status it answered and the route label for metrics
+        #: (:data:`CLIENT_CLOSED_REQUEST` when the client left before the answer).
         self.status = 500
+        self.answered = False
         self.route: str | None = None
 
 
@@ -109,8 +136,9 @@ class RequestBody:
     upload of any size holds a few chunks in memory. ``100 Continue`` is sent when the handler
     first asks for the body of a request that expects it."""
 
-    __slots__ = ("_buffered", "_chunks", "_conn", "_continue", "_error", "_waiter", "declared",
-                 "ended", "limit", "received", "too_large")
+    __slots__ = ("_buffered", "_checked", "_chunks", "_conn", "_continue", "_error", "_seen",
+                 "_seen_at", "_waited", "_waiter", "declared", "ended", "limit", "received",
+                 "too_large")
 
     def __init__(self, conn: Connection, limit: int, expect_continue: bool,
                  declared: int | None = None) -> None:
@@ -126,6 +154,13 @@ class RequestBody:
         self.ended = False
         self.received = 0
         self.too_large = False
+        # The sweeps' view of the client's progress (no clock read per chunk): bytes seen at
+        # the last sweep and since when, when the last sweep ran, and the seconds the body
+        # has been the client's to send (not waiting for 100 Continue or a full buffer).
+        self._seen = 0
+        self._seen_at = 0.0
+        self._checked = 0.0
+        self._waited = 0.0
 
     # -- the connection's side ------------------------------------------------------------
 
@@ -149,6 +184,27 @@ class RequestBody:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def overdue(self, now: float, client_sends: bool, gap: float, total: float) -> str | None:
+        """Why the body failed its timeouts at this sweep (``None``: it did not).
+
+        ``client_sends``: the server reads the socket; time the server holds the body up
+        (reading paused, ``100 Continue`` not sent yet) never counts against the client."""
+        seen = self.received + self._buffered
+        if self._checked == 0.0 or not client_sends or self._continue:
+            self._checked = self._seen_at = now
+            self._seen = seen
+            return None
+        self._waited += now - self._checked
+        self._checked = now
+        if seen != self._seen:
+            self._seen, self._seen_at = seen, now
+        elif now - self._seen_at > gap:
+            return f"No body bytes arrived for {gap:g} s."
+        declared = self.declared
+        if declared is not None and declared <= SMALL_BODY and self._waited > total:
+            return f"The body did not arrive whole within {total:g} s."
+        return None
 
     # -- the handler's side ---------------------------------------------------------------
 
@@ -185,7 +241,8 @@ class RequestBody:
         return chunk
 
     async def read_all(self) -> bytes | None:
-        """The whole body; ``None`` when it exceeds ``limit`` or the caller left."""
+        """The whole body; ``None`` when it exceeds ``limit`` or the caller left. Raises
+        :class:`BadBodyError` for a malformed or timed-out body."""
         try:
             return b"".join([chunk async for chunk in self])
         except (BodyTooLargeError, ClientGoneError):
@@ -195,14 +252,34 @@ class RequestBody:
 Handler = Callable[[Request, "Connection"], Awaitable[None]]
 
 
+def default_max_connections() -> int:
+    """Half the soft limit on open files: each client connection may hold an upstream one."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 16
+    return max(16, (soft - 64) // 2)
+
+
 class ServerState:
     """What the connections of one server share: the handler, limits and the open connections."""
 
-    def __init__(self, handler: Handler, *, max_body: int, keepalive: float = 5.0) -> None:
+    def __init__(
+        self, handler: Handler, *, max_body: int, keepalive: float = 5.0,
+        max_connections: int | None = None, body_timeout: float = 10.0,
+        small_body_timeout: float = 30.0,
+    ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.keepalive = keepalive
+        self.max_connections = max_connections or default_max_connections()
+        self.body_timeout = body_timeout
+        self.small_body_timeout = small_body_timeout
+        #: Seconds between sweeps: often enough that a timeout fires at most a little late.
+        self.sweep_interval = min(SWEEP_INTERVAL, body_timeout / 4, small_body_timeout / 4)
         self.connections: set[Connection] = set()
+        #: Connections refused for the cap (since the last sweep), and those lingering now.
+        self.refused = 0
+        self.lingering = 0
         self.loop = asyncio.get_running_loop()
         #: The ``Date`` header line of every answer, renewed by each sweep.
         self.date = b""
@@ -211,13 +288,33 @@ class ServerState:
     def renew_date(self) -> None:
         self.date = b"date: %s\r\n" % formatdate(usegmt=True).encode()
 
+    @property
+    def full(self) -> bool:
+        return len(self.connections) >= self.max_connections
+
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol for a new connection: a :class:`Connection`, or a :class:`Refusal`
+        at the cap (counted when made, not when connected: many may be accepted at once)."""
+        if self.full:
+            return Refusal(self)
+        return Connection(self)
+
     def sweep(self) -> None:
-        """Close keep-alive connections idle longer than ``keepalive`` (also a half-sent head)."""
+        """Close keep-alive connections idle longer than ``keepalive`` (also a half-sent head)
+        and fail bodies that stalled; log the refusals since the last sweep."""
         self.renew_date()
-        limit = self.loop.time() - self.keepalive
+        now = self.loop.time()
+        limit = now - self.keepalive
         for conn in list(self.connections):
-            if conn.current is None and conn.idle_since < limit:
-                conn.close()
+            if conn.current is None:
+                if conn.idle_since < limit:
+                    conn.close()
+            elif conn.parsing is not None:
+                conn.check_body(now)
+        if self.refused:
+            _log.warning("server.connections_refused", refused=self.refused,
+                         max_connections=self.max_connections)
+            self.refused = 0
 
     def close_idle(self) -> None:
         for conn in list(self.connections):
@@ -253,6 +350,13 @@ class Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._chunked = False
         self.idle_since = self.loop.time()
+        # (counted from now, not from connection_made: see ServerState.protocol)
+        state.connections.add(self)
+
+    @property
+    def parsing(self) -> RequestBody | None:
+        """The body still arriving, if any."""
+        return self._parsing
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -261,7 +365,6 @@ class Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0])
-        self.state.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -272,15 +375,25 @@ class Connection(asyncio.Protocol):
             self._stop_reading_for_good()
         except httptools.HttpParserError as exc:
             # (httptools wraps what a callback raises: ours is the error's context)
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._bad_request(431, f"The request head exceeds {MAX_HEAD} bytes.")
+            refusal = exc.__context__
+            if isinstance(refusal, _Refused):
+                self._bad_request(refusal.status, refusal.detail)
+                return
+            message = str(exc)
+            if message == "Invalid HTTP version":
+                self._bad_request(505, "Only HTTP/1.0 and HTTP/1.1 are served.")
+            elif message in _UNKNOWN_CODING:
+                self._bad_request(501, _CODING_DETAIL)
             else:
-                self._bad_request(400, f"Malformed HTTP request: {exc}.")
+                self._bad_request(400, f"Malformed HTTP request: {message}.")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.parser = _DETACHED
         self.state.connections.discard(self)
+        current = self.current
+        if current is not None and not current.answered:
+            current.status = CLIENT_CLOSED_REQUEST
         gone = ClientGoneError()
         if self._parsing is not None:
             self._parsing.fail(gone)
@@ -320,12 +433,12 @@ class Connection(asyncio.Protocol):
         self._url += url
         self._head_size += len(url)
         if self._head_size > MAX_HEAD:
-            raise _HeadTooLarge
+            raise _Refused(431, _HEAD_DETAIL)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD:
-            raise _HeadTooLarge
+            raise _Refused(431, _HEAD_DETAIL)
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -338,18 +451,34 @@ class Connection(asyncio.Protocol):
         body: RequestBody | None = None
         length: int | None = None
         chunked = False
+        hosts = 0
         for name, value in headers:
             if name == b"content-length":
                 length = int(value)  # (llhttp accepts only digits here)
+            elif name == b"host":
+                hosts += 1
             elif name == b"transfer-encoding":
+                # (llhttp refuses a repeated or a ``chunked, x`` coding itself)
+                if value.strip().lower() != b"chunked":
+                    raise _Refused(501, _CODING_DETAIL)
                 chunked = True
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":  # noqa: PLR1714 - (compiled: two compares)
+            raise _Refused(505, "Only HTTP/1.0 and HTTP/1.1 are served.")
+        if hosts != 1 and (hosts or version == "1.1"):
+            raise _Refused(400, "An HTTP/1.1 request needs exactly one Host header."
+                           if hosts == 0 else "More than one Host header.")
+        if b"#" in url:
+            raise _Refused(400, "A request target cannot have a fragment (#).")
+        if chunked and version == "1.0":
+            raise _Refused(400, "Transfer-Encoding is not allowed in HTTP/1.0.")
         if chunked or length:
             expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
             body = RequestBody(self, self.state.max_body, expect, length)
         self._parsing = body
         request = Request(parser.get_method().decode("ascii"), url, headers,
                           parser.should_keep_alive(), self.client_ip, body,
-                          http10=parser.get_http_version() == "1.0")
+                          http10=version == "1.0")
         if self.current is None:
             self._start(request)
         else:
@@ -417,7 +546,11 @@ class Connection(asyncio.Protocol):
     # -- writing the answer -------------------------------------------------------------------
 
     def _head(self, request: Request, status: int, headers: Headers, framing: bytes) -> bytes:
-        request.status = status
+        if self.closed:  # nobody to answer
+            request.status = CLIENT_CLOSED_REQUEST
+        else:
+            request.status = status
+            request.answered = True
         body = request.body
         if body is not None and not body.complete:
             request.keep_alive = False  # (``_finished`` closes: say so)
@@ -517,10 +650,22 @@ class Connection(asyncio.Protocol):
             request.keep_alive = False
         self.pause_reading()
 
+    def check_body(self, now: float) -> None:
+        """Fail the body still arriving when it stalled or is overdue (see :meth:`sweep`)."""
+        body = self._parsing
+        state = self.state
+        if body is None:
+            return
+        why = body.overdue(now, self._reading, state.body_timeout, state.small_body_timeout)
+        if why is not None:
+            self._stop_reading_for_good()
+            self._parsing = None
+            body.fail(BadBodyError(408, why))
+
     def _bad_request(self, status: int, detail: str) -> None:
         self._stop_reading_for_good()
         if self._parsing is not None:  # a malformed body: the rest will never come
-            self._parsing.fail(ClientGoneError())
+            self._parsing.fail(BadBodyError(400, f"Malformed request body: {detail}"))
             self._parsing = None
         if self.current is None:
             request = Request("GET", b"/", [], False, self.client_ip, None)
@@ -534,23 +679,76 @@ class Connection(asyncio.Protocol):
 _DETACHED = httptools.HttpRequestParser(None)
 
 
-class _HeadTooLarge(Exception):
-    pass
+class Refusal(asyncio.Protocol):
+    """A connection over ``max_connections``: answered 503 at once and closed.
+
+    The close lingers (its write side first, then the rest once the client has sent what it
+    had, at most :data:`LINGER` seconds): closing with the request unread would reset the
+    connection, and the client could lose the answer."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = tport = cast("asyncio.Transport", transport)
+        state = self.state
+        state.refused += 1
+        body = problem_body(503, detail="The gateway is at its connection limit; retry later.")
+        tport.write(b"".join([
+            status_line(503), state.date, b"content-type: %s\r\n" % _PROBLEM,
+            b"retry-after: 1\r\n", _CLOSE, b"content-length: %d\r\n\r\n" % len(body), body]))
+        if state.lingering >= MAX_LINGERING or not tport.can_write_eof():
+            tport.close()
+            return
+        state.lingering += 1
+        tport.write_eof()
+        self._timer = state.loop.call_later(LINGER, tport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # drained: the request is not served
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is done: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self.state.lingering -= 1
+
+
+class _Refused(Exception):
+    """A request head refused with ``status`` (raised in a parser callback)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+#: llhttp's errors for a transfer coding other than ``chunked`` (a list, or a repeat).
+_UNKNOWN_CODING = frozenset({"Invalid `Transfer-Encoding` header value",
+                             "Request has invalid `Transfer-Encoding`"})
+_CODING_DETAIL = "Only the chunked transfer coding is accepted."
+_HEAD_DETAIL = f"The request head exceeds {MAX_HEAD} bytes."
 
 
 async def serve(handler: Handler, settings: Settings, *, max_body: int,
-                on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+                on_stop: Callable[[], Awaitable[None]] | None = None,
+                limits: dict[str, Any] | None = None) -> None:
     """Serve ``handler`` on the sockets :func:`~shoal._serve.listen_sockets` opens, until
     SIGTERM/SIGINT; then drain as every Shoal server does (``/readyz`` 503 at once, keep
     serving for ``SHOAL_DRAIN_DELAY``, then until nothing is in flight or
     ``SHOAL_DRAIN_GRACE`` is up), close, await ``on_stop`` and return. A second signal stops
-    at once."""
+    at once. ``limits``: :class:`ServerState`'s keyword arguments (connections, timeouts)."""
     loop = asyncio.get_running_loop()
-    state = ServerState(handler, max_body=max_body)
+    state = ServerState(handler, max_body=max_body, **(limits or {}))
     sockets = listen_sockets(settings)
     servers = []
     for sock in sockets:  # (not a comprehension: mypyc cannot compile an await in one)
-        server = await loop.create_server(lambda: Connection(state), sock=sock, backlog=2048)
+        server = await loop.create_server(state.protocol, sock=sock, backlog=2048)
         servers.append(server)
     port = bound_port(sockets, settings.port)
     registrar = start_registration(settings, port=port)
@@ -573,7 +771,7 @@ async def serve(handler: Handler, settings: Settings, *, max_body: int,
 
     async def sweep() -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(state.sweep_interval)
             state.sweep()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
