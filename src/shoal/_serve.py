@@ -157,7 +157,8 @@ def serve_asgi(app: Any, settings: Settings) -> None:
 def listen_sockets(settings: Settings) -> list[socket.socket]:
     """The listening sockets of a served process: ``PORT`` on ``SHOAL_HOST``, and, when
     ``SHOAL_SHARED_PORT`` is set (the platform's gateway replicas), also that port, which the
-    replicas share with ``SO_REUSEPORT`` so the kernel spreads connections among them.
+    replicas share with ``SO_REUSEPORT`` so the kernel spreads connections among them, on
+    ``SHOAL_SHARED_HOST`` (default: ``SHOAL_HOST``; the gateway's ``host`` in the spec).
 
     Raises :class:`~shoal.ConfigurationError` naming the setting when a port is taken."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -169,17 +170,19 @@ def listen_sockets(settings: Settings) -> list[socket.socket]:
     sockets = [own]
     shared = os.environ.get("SHOAL_SHARED_PORT")
     if shared:
-        public = socket.socket(family, socket.SOCK_STREAM)
+        shared_host = os.environ.get("SHOAL_SHARED_HOST") or settings.host
+        public = socket.socket(socket.AF_INET6 if ":" in shared_host else socket.AF_INET,
+                               socket.SOCK_STREAM)
         public.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         public.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            public.bind((settings.host, int(shared)))
+            public.bind((shared_host, int(shared)))
             public.listen(2048)
         except (OSError, ValueError) as exc:
             own.close()
             public.close()
-            raise ConfigurationError("SHOAL_SHARED_PORT", f"cannot listen on {shared}: {exc}") \
-                from None
+            raise ConfigurationError(
+                "SHOAL_SHARED_PORT", f"cannot listen on {shared_host}:{shared}: {exc}") from None
         sockets.append(public)
     return sockets
 

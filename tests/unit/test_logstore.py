@@ -69,6 +69,8 @@ def test_filters_service_instance_level_trace_since_and_grep(store: LogStore) ->
     assert messages(level="warning") == ["db slow", "boom"]
     assert messages(since=parse_since("5m", now)) == ["proxy", "order.created", "db slow",
                                                       "boom"]
+    assert messages(until=now - 0.4) == ["old", "proxy", "order.created"]
+    assert messages(since=now - 1.5, until=now - 0.1) == ["proxy", "order.created", "db slow"]
     assert messages(grep="slow") == ["db slow"]
     assert messages(grep="ord*") == ["order.created"]
     assert messages(service="users", level="error", trace_id="def") == ["boom"]
@@ -142,3 +144,7 @@ def test_parse_since_accepts_durations_and_iso_times() -> None:
     assert parse_since("1970-01-01T00:01:00+00:00") == 60.0
     with pytest.raises(ValueError):
         parse_since("yesterday")
+    # Out of range is a ValueError too (the API answers 400 for it, never 500).
+    for text in ("0001-01-01", "9" * 30, "\x00"):
+        with pytest.raises(ValueError):
+            parse_since(text)

@@ -6,7 +6,6 @@ answers once the registry index passes N (or after S seconds), so clients keep a
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,14 @@ from aiohttp import web
 
 from shoal._problem import PROBLEM_CONTENT_TYPE, problem_body
 from shoal.platform._faults import chaos_routes
-from shoal.platform._obsapi import add_observability_routes, is_public, session_ok
+from shoal.platform._obsapi import (
+    add_observability_routes,
+    cursor,
+    is_public,
+    same_secret,
+    seconds,
+    session_ok,
+)
 
 if TYPE_CHECKING:
     from shoal.platform.controlplane import ControlPlane
@@ -30,6 +36,15 @@ def problem(status: int, detail: str, **extra: Any) -> web.Response:
                         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON (UTF-8, -16 or -32, whatever the ``Content-Type`` says);
+    400 when it is not."""
+    try:
+        return json.loads(await request.read())
+    except (ValueError, RecursionError):
+        raise web.HTTPBadRequest(reason="the body is not JSON") from None
+
+
 def _json(data: Any, status: int = 200, index: int | None = None) -> web.Response:
     headers = {"X-Shoal-Index": str(index)} if index is not None else None
     return web.json_response(data, status=status, headers=headers,
@@ -41,7 +56,7 @@ def build_api(cp: ControlPlane) -> web.Application:
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        bearer_ok = scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), cp.token)
+        bearer_ok = scheme.lower() == "bearer" and same_secret(token.strip(), cp.token)
         if not (bearer_ok or is_public(request) or session_ok(request, cp.token)):
             return problem(401, "A bearer token is required: the fleet's token is in "
                                 f"{cp.state.token_path}.")
@@ -66,11 +81,8 @@ def build_api(cp: ControlPlane) -> web.Application:
     @routes.get("/v1/services/{name}")
     async def service(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        try:
-            after = int(request.query.get("index", "0"))
-            wait = min(MAX_WAIT, float(request.query.get("wait", "0")))
-        except ValueError:
-            return problem(400, "index must be an integer and wait a number of seconds")
+        after = cursor(request.query, "index") or 0
+        wait = seconds(request.query, "wait", MAX_WAIT)
         index = cp.registry.index
         if after and wait > 0:
             index = await cp.registry.wait(after, wait)
@@ -79,10 +91,7 @@ def build_api(cp: ControlPlane) -> web.Application:
     async def body_json(request: web.Request) -> dict[str, Any]:
         if not request.can_read_body:
             return {}
-        try:
-            data = await request.json()
-        except ValueError:
-            raise web.HTTPBadRequest(reason="the body is not JSON") from None
+        data = await read_json(request)
         if not isinstance(data, dict):
             raise web.HTTPBadRequest(reason="the body must be a JSON object")
         return data

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,13 +62,21 @@ class _Source:
         if self.client is None:
             page = query_file(self.path, **filters)
             return {"entries": [e.as_dict() for e in page.entries], "cursor": page.cursor}
-        params = {("trace" if k == "trace_id" else k): v for k, v in filters.items()
+        params = {("trace" if k == "trace_id" else k): _wire(k, v) for k, v in filters.items()
                   if v is not None}
         if wait:
             params["wait"] = wait
         result: dict[str, Any] = self.client.request(
             "GET", "/v1/logs?" + urllib.parse.urlencode(params))
         return result
+
+
+def _wire(name: str, value: Any) -> Any:
+    # The API reads a bare number as "seconds ago": send times as ISO 8601 (UTC, to the
+    # microsecond), which every reader takes as that instant.
+    if name in {"since", "until"}:
+        return datetime.fromtimestamp(value, UTC).isoformat()
+    return value
 
 
 def _print_entry(entry: dict[str, Any], as_json: bool) -> None:
@@ -93,8 +102,10 @@ def logs(  # noqa: PLR0917 - typer: one parameter per option
                      ] = None,
     trace: Annotated[str | None, typer.Option(help="only this trace id, across services")
                      ] = None,
-    since: Annotated[str | None, typer.Option(help="only newer lines: 5m, 2h, 1d or ISO time")
-                     ] = None,
+    since: Annotated[str | None, typer.Option(
+        help="only lines from this time on: 30s, 5m, 2h, 1d ago, or an ISO 8601 time")] = None,
+    until: Annotated[str | None, typer.Option(
+        help="only lines up to this time: 30s, 5m, 2h, 1d ago, or an ISO 8601 time")] = None,
     grep: Annotated[str | None, typer.Option(help="words in the message (FTS5; end with *)")
                     ] = None,
     limit: Annotated[int, typer.Option(help="how many of the newest lines first")] = 200,
@@ -104,14 +115,20 @@ def logs(  # noqa: PLR0917 - typer: one parameter per option
     """Print the fleet's logs (every replica's stdout), oldest first; -f follows."""
     if level and level.lower() not in LEVELS:
         raise _fail(f"unknown level {level!r}: use debug, info, warning, error or critical", 2)
-    try:
-        since_ts = parse_since(since) if since else None
-    except ValueError:
-        raise _fail(f"--since {since!r}: use 30s, 5m, 2h, 1d or an ISO time", 2) from None
+    now = time.time()  # one instant for both bounds, and for every page of -f
+    bounds: dict[str, float | None] = {}
+    for option, text in (("since", since), ("until", until)):
+        try:
+            bounds[option] = parse_since(text, now) if text else None
+            if bounds[option] is not None:
+                _wire(option, bounds[option])  # a time the API can be sent
+        except (ValueError, OverflowError, OSError):
+            raise _fail(f"--{option} {text!r}: use 30s, 5m, 2h, 1d or an ISO 8601 time",
+                        2) from None
     source = _Source(state_dir)
     filters: dict[str, Any] = {"service": service, "instance": instance, "level": level,
-                               "trace_id": trace, "since": since_ts, "grep": grep,
-                               "limit": limit}
+                               "trace_id": trace, "since": bounds["since"],
+                               "until": bounds["until"], "grep": grep, "limit": limit}
     try:
         page = source.fetch(filters)
         for entry in page["entries"]:

@@ -99,7 +99,11 @@ class FaultBoard:
 
 def chaos_routes(cp: ControlPlane) -> list[web.RouteDef]:
     """The chaos endpoints of the control API (behind its bearer-token middleware)."""
-    from shoal.platform._api import _json, problem  # noqa: PLC0415 - _api imports us lazily
+    from shoal.platform._api import (  # noqa: PLC0415 - _api imports us lazily
+        _json,
+        problem,
+        read_json,
+    )
 
     board: FaultBoard = cp.faults
 
@@ -119,16 +123,19 @@ def chaos_routes(cp: ControlPlane) -> list[web.RouteDef]:
     async def add_fault(request: web.Request) -> web.Response:
         if (off := disabled()) is not None:
             return off
+        data = await read_json(request)
         try:
-            data = await request.json()
             service = str(data["service"])
             if service not in cp.supervisors:
                 return problem(404, f"no service {service!r} in this fleet")
+            instance = data.get("instance") or None
+            if instance is not None and not isinstance(instance, str):
+                return problem(422, "invalid fault: instance must be a string")
             fault = board.add(
                 service, str(data["kind"]), float(data.get("for_s", DEFAULT_DURATION)),
                 rate=float(data.get("rate", 1.0)), latency_ms=float(data.get("latency_ms", 0)),
-                status=int(data.get("status", 503)), instance=data.get("instance") or None)
-        except (ValueError, KeyError, TypeError) as exc:
+                status=int(data.get("status", 503)), instance=instance)
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             return problem(422, f"invalid fault: {exc}")
         log.warning("chaos.fault_added", fault=fault.wire(board.now()))
         return _json(fault.wire(board.now()), status=201)

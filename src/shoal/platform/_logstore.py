@@ -101,11 +101,14 @@ def parse_since(text: str, now: float | None = None) -> float:
 
     Raises ValueError for anything else."""
     now = time.time() if now is None else now
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
+    match = re.fullmatch(r"\s*(\d{1,15}(?:\.\d{1,9})?)\s*(ms|s|m|h|d)?\s*", text)
     if match:
         unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
         return now - float(match.group(1)) * unit
-    return datetime.fromisoformat(text).timestamp()
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except (OverflowError, OSError):
+        raise ValueError(f"time out of range: {text!r}") from None
 
 
 _second_cache: dict[str, float] = {}
@@ -347,11 +350,13 @@ def query_file(  # noqa: PLR0912 - one branch per optional filter
     level: str | None = None,
     trace_id: str | None = None,
     since: float | None = None,
+    until: float | None = None,
     grep: str | None = None,
     after: int | None = None,
     limit: int = 500,
 ) -> LogPage:
-    """Lines matching every given filter, in time order.
+    """Lines matching every given filter, in time order (``since`` and ``until``, Unix
+    times, include their bounds).
 
     ``level`` is a minimum (``warning`` includes errors). ``grep`` finds the text in the
     message, case-insensitively, where it starts at a word boundary (the FTS5 index finds
@@ -375,6 +380,9 @@ def query_file(  # noqa: PLR0912 - one branch per optional filter
     if since is not None:
         where.append("ts >= ?")
         args.append(since)
+    if until is not None:
+        where.append("ts <= ?")
+        args.append(until)
     if grep:
         where.append("id IN (SELECT rowid FROM logs_fts WHERE logs_fts MATCH ?)")
         args.append(_fts_query(grep))

@@ -9,9 +9,11 @@ and a read-only cookie cannot be used to change the fleet.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections.abc import Mapping
 from importlib import resources
@@ -37,6 +39,36 @@ def _json(data: Any, status: int = 200) -> web.Response:
                              dumps=lambda d: json.dumps(d, separators=(",", ":")))
 
 
+def same_secret(given: str, secret: str) -> bool:
+    """``given`` is ``secret``, compared in constant time (any text: a header or a query
+    value may hold characters ``hmac.compare_digest`` refuses to compare as ``str``)."""
+    return bool(secret) and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape"))
+
+
+def seconds(query: Mapping[str, str], name: str, limit: float) -> float:
+    """The query's ``name`` as seconds to wait: 0 when absent, at most ``limit``; 400 for
+    anything but a finite number."""
+    try:
+        value = float(query.get(name, "0"))
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise web.HTTPBadRequest(reason=f"{name} must be a number of seconds")
+    return min(limit, value)
+
+
+def cursor(query: Mapping[str, str], name: str) -> int | None:
+    """The query's ``name`` as a non-negative integer (a cursor or an index), None when
+    absent; 400 otherwise."""
+    text = query.get(name)
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise web.HTTPBadRequest(reason=f"{name} must be a non-negative integer")
+    return int(text)
+
+
 def is_public(request: web.Request) -> bool:
     """Paths served without credentials: the dashboard's static files and the login."""
     path = request.path
@@ -53,17 +85,22 @@ def session_ok(request: web.Request, token: str) -> bool:
     """A read-only request carrying the dashboard's session cookie."""
     cookie = request.cookies.get(SESSION_COOKIE, "")
     return (request.method in {"GET", "HEAD"} and bool(token) and bool(cookie)
-            and hmac.compare_digest(cookie, session_value(token)))
+            and same_secret(cookie, session_value(token)))
+
+
+@functools.cache
+def _static_files() -> frozenset[str]:
+    """The dashboard's files: only these names are ever opened."""
+    folder = resources.files("shoal.platform.dashboard")
+    return frozenset(f.name for f in folder.iterdir()
+                     if f.is_file() and "." + f.name.rsplit(".", 1)[-1] in _STATIC_TYPES)
 
 
 def _static(name: str) -> web.Response:
-    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
-    if "/" in name or name.startswith(".") or suffix not in _STATIC_TYPES:
-        raise web.HTTPNotFound(reason=f"no dashboard file {name!r}")
-    try:
-        body = resources.files("shoal.platform.dashboard").joinpath(name).read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
-        raise web.HTTPNotFound(reason=f"no dashboard file {name!r}") from None
+    if name not in _static_files():
+        raise web.HTTPNotFound(reason="no such dashboard file")
+    suffix = "." + name.rsplit(".", 1)[-1]
+    body = resources.files("shoal.platform.dashboard").joinpath(name).read_bytes()
     return web.Response(body=body, content_type=_STATIC_TYPES[suffix],
                         headers={"Cache-Control": "no-cache",
                                  "Content-Security-Policy": "default-src 'self'; "
@@ -79,7 +116,8 @@ def _log_filters(query: Mapping[str, str]) -> dict[str, Any]:
             "trace_id": query.get("trace") or None,
             "grep": query.get("grep") or None,
             "since": parse_since(query["since"]) if query.get("since") else None,
-            "after": int(query["after"]) if query.get("after") else None,
+            "until": parse_since(query["until"]) if query.get("until") else None,
+            "after": cursor(query, "after"),
             "limit": max(1, min(5000, int(query.get("limit", "500")))),
         }
     except ValueError as exc:
@@ -99,10 +137,7 @@ def add_observability_routes(routes: web.RouteTableDef, cp: ControlPlane) -> Non
     async def logs(request: web.Request) -> web.Response:
         """Stored lines; with ``after=CURSOR&wait=S`` a long poll a follower repeats."""
         filters = _log_filters(request.query)
-        try:
-            wait = min(MAX_LOG_WAIT, float(request.query.get("wait", "0")))
-        except ValueError:
-            raise web.HTTPBadRequest(reason="wait must be a number of seconds") from None
+        wait = seconds(request.query, "wait", MAX_LOG_WAIT)
         store = cp.logstore
         if store is None:
             return _json({"entries": [], "cursor": filters["after"] or 0})
@@ -120,11 +155,7 @@ def add_observability_routes(routes: web.RouteTableDef, cp: ControlPlane) -> Non
 
     @routes.get("/v1/events")
     async def events(request: web.Request) -> web.Response:
-        try:
-            after = int(request.query.get("after", "0"))
-        except ValueError:
-            raise web.HTTPBadRequest(reason="after must be an integer") from None
-        return _json({"events": cp.events.after(after)})
+        return _json({"events": cp.events.after(cursor(request.query, "after") or 0)})
 
     @routes.get("/v1/sd/prometheus")
     async def prometheus_sd(_: web.Request) -> web.Response:
@@ -137,8 +168,7 @@ def add_observability_routes(routes: web.RouteTableDef, cp: ControlPlane) -> Non
 
     @routes.get("/login")
     async def login(request: web.Request) -> web.StreamResponse:
-        token = request.query.get("token", "")
-        if not token or not hmac.compare_digest(token, cp.token):
+        if not same_secret(request.query.get("token", ""), cp.token):
             raise web.HTTPUnauthorized(reason="open the dashboard URL `shoal up` printed "
                                               f"(the token is in {cp.state.token_path})")
         response = web.Response(status=303, headers={"Location": "/dashboard/"})

@@ -87,28 +87,37 @@ def up(
 ) -> None:
     """Start every service of SPEC (dependencies first) and keep them running."""
     try:
-        load_spec(spec)
+        loaded = load_spec(spec)
     except SpecError as exc:
         raise fail(str(exc), 2) from None
-    if not detach:
-        from shoal.platform.controlplane import run_foreground  # noqa: PLC0415
+    from shoal.platform.controlplane import PortInUse, check_ports, run_foreground  # noqa: PLC0415
 
+    if not detach:
         try:
             code = run_foreground(spec, state_dir, on_event=_print_event)
-        except (PlatformError, ConfigurationError) as exc:
-            raise fail(str(exc)) from None
+        except (PlatformError, ConfigurationError, SpecError) as exc:
+            raise fail(str(exc), 2 if isinstance(exc, PortInUse | SpecError) else 1) from None
         raise typer.Exit(code)
-    _up_detached(spec, state_dir, timeout)
-
-
-def _up_detached(spec: Path, state_dir: Path, timeout: float) -> None:
     state = StateDir(state_dir)
-    state.ensure()
+    try:
+        state.lock().close()  # a fleet already running here is named before its ports are
+        check_ports(loaded)
+    except PortInUse as exc:
+        raise fail(str(exc), 2) from None
+    except PlatformError as exc:
+        raise fail(str(exc)) from None
+    _up_detached(spec, state, timeout)
+
+
+def _up_detached(spec: Path, state: StateDir, timeout: float) -> None:
     previous = state.read_control()
     log_path = state.path / "control.log"
-    with open(state.path / "control.out", "ab") as out:
+    out_path = state.path / "control.out"
+    # control.out keeps every run's output; on failure show this run's only.
+    with open(out_path, "ab") as out:
+        start = out.tell()
         proc = subprocess.Popen(  # noqa: S603 - our own module
-            [sys.executable, "-m", "shoal.platform.controlplane", str(spec), str(state_dir)],
+            [sys.executable, "-m", "shoal.platform.controlplane", str(spec), str(state.path)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -116,9 +125,11 @@ def _up_detached(spec: Path, state_dir: Path, timeout: float) -> None:
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
-            tail = (state.path / "control.out").read_text(errors="replace").splitlines()[-15:]
-            raise fail(f"the fleet did not start (exit {code}); from "
-                       f"{state.path / 'control.out'}:\n" + "\n".join(tail))
+            with open(out_path, "rb") as fh:
+                fh.seek(start)
+                tail = fh.read().decode(errors="replace").splitlines()[-15:]
+            raise fail(f"the fleet did not start (exit {code}); from {out_path}:\n"
+                       + "\n".join(tail), 2 if code == 2 else 1)
         control = state.read_control()
         if control and control.get("pid") == proc.pid and control != previous:
             try:

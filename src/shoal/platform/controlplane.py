@@ -29,20 +29,39 @@ from shoal.platform._replica import Launch, LineSink, serve_argv
 from shoal.platform._scraper import Scraper
 from shoal.platform._state import PlatformError, StateDir
 from shoal.platform._supervisor import RolloutError, ServiceSupervisor
-from shoal.platform.spec import GATEWAY_SERVICE, Service, Spec, load_spec
+from shoal.platform.spec import GATEWAY_SERVICE, Service, Spec, SpecError, load_spec
 
 log = get_logger("shoal.platform")
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
+class PortInUse(PlatformError):
+    """A port the spec fixes is taken (``shoal up`` exits 2: the spec or the machine must
+    change, retrying will not help)."""
+
+
 def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def check_ports(spec: Spec, control_port: int | None = None) -> None:
+    """Raise :class:`PortInUse` naming the first fixed port of ``spec`` (``control.port``,
+    service ``SHOAL_SHARED_PORT``s, ``gateway.port``) that cannot be listened on now."""
+    ports = [(f, h, p) for f, h, p in spec.listeners() if f != "control.port"]
+    own = spec.control.port if control_port is None else control_port
+    for field, host, port in [("control.port", spec.control.host, own), *ports]:
+        if port and not port_free(host, port):
+            what = {"control.port": "the control plane",
+                    "gateway.port": "the gateway"}.get(field, field.split(".")[1])
+            raise PortInUse(f"port {port} on {host} is already in use, so {what} cannot "
+                            f"listen there: stop what uses it, or set {field} in the spec")
 
 
 def free_port() -> int:
@@ -152,6 +171,7 @@ class ControlPlane:
                 env["SHOAL_GATEWAY_SPEC"] = str(self.spec_path)
                 assert self.spec.gateway is not None
                 env["SHOAL_SHARED_PORT"] = str(self.spec.gateway.port)
+                env["SHOAL_SHARED_HOST"] = self.spec.gateway.host
             env.update(service.env)
             return Launch(argv=serve_argv(service), env=env, cwd=str(self.cwd))
 
@@ -193,7 +213,10 @@ class ControlPlane:
     async def rollout(self, name: str, *, reload_spec: bool) -> str | None:
         spec = None
         if reload_spec and name != GATEWAY_SERVICE:
-            fresh = load_spec(self.spec_path)
+            try:
+                fresh = load_spec(self.spec_path)
+            except SpecError as exc:
+                return f"the spec cannot be re-read: {exc}"
             spec = fleet_services(fresh).get(name)
         try:
             await self.supervisors[name].rollout(spec)
@@ -208,15 +231,7 @@ class ControlPlane:
     # -- run -----------------------------------------------------------------------------
 
     def _preflight(self) -> None:
-        if not port_free(self.host, self.port):
-            raise PlatformError(
-                f"port {self.port} on {self.host} is already in use, so the control plane "
-                "cannot listen there: stop what uses it, or set control.port in the spec")
-        gw = self.spec.gateway
-        if gw is not None and not port_free(gw.host, gw.port):
-            raise PlatformError(
-                f"port {gw.port} on {gw.host} is already in use, so the gateway cannot "
-                "listen there: stop what uses it, or set gateway.port in the spec")
+        check_ports(self.spec, self.port)
 
     async def run(self) -> int:
         """Start the fleet, serve until shutdown, stop everything. Returns an exit code."""
@@ -361,4 +376,5 @@ if __name__ == "__main__":  # pragma: no cover - `shoal up --detach` runs this
         sys.exit(run_foreground(Path(sys.argv[1]), Path(sys.argv[2]), on_event=_print_failure))
     except ShoalError as exc:
         print(f"error: {exc}", flush=True)
-        sys.exit(1)
+        # 2 as `shoal up` exits for a spec it refuses or a port that is taken.
+        sys.exit(2 if isinstance(exc, SpecError | PortInUse) else 1)

@@ -3,6 +3,12 @@
 Loaded with :func:`load_spec`; an invalid file raises :class:`SpecError` naming the file, the
 line and the field. The same model drives ``shoal up`` and the deployment generators.
 
+Besides each field's own rules the loader refuses: a key given twice in one mapping (YAML
+would let the last silently win), NUL bytes or text that is not UTF-8, two fixed listeners on
+one port (``control.port``, ``gateway.port``, a service's ``env.SHOAL_SHARED_PORT``), two
+gateway routes with one prefix, and a listening host that is not loopback (``control.host``,
+``gateway.host``, a service's ``env.SHOAL_HOST``) unless that block sets ``allow_remote: true``.
+
 ::
 
     system: shop
@@ -22,6 +28,7 @@ line and the field. The same model drives ``shoal up`` and the deployment genera
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,6 +43,26 @@ GATEWAY_SERVICE = "gateway"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
+#: Environment variables of a service that name where its replicas listen.
+HOST_ENV = "SHOAL_HOST"
+SHARED_PORT_ENV = "SHOAL_SHARED_PORT"
+#: Ports the platform sets for each replica itself (a fixed one would collide between replicas).
+_REPLICA_PORT_ENV = ("PORT", "SHOAL_PORT")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (``127.0.0.0/8``, ``::1``)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _remote_refused(host: str, field: str) -> str:
+    return (f"{field}: {host!r} is not a loopback address, so other machines could connect; "
+            "set allow_remote: true beside it if that is what you want")
 
 
 class SpecError(ShoalError):
@@ -115,12 +142,37 @@ class Service(_Strict):
     #: Name of the service's own database in generated deployments (None: no database).
     database: Name | None = None
     resources: Resources = Resources()
+    #: Let ``env.SHOAL_HOST`` name an address other than loopback (replicas reachable from
+    #: other machines).
+    allow_remote: bool = False
 
     @model_validator(mode="after")
     def _app_or_command(self) -> Service:
         if (self.app is None) == (self.command is None):
             raise ValueError("give exactly one of 'app' (module:attribute) or 'command'")
         return self
+
+    @model_validator(mode="after")
+    def _listeners(self) -> Service:
+        for key in _REPLICA_PORT_ENV:
+            if key in self.env:
+                raise ValueError(
+                    f"env.{key}: the platform gives each replica its own free port in PORT; "
+                    f"for a port every replica shares, set {SHARED_PORT_ENV}")
+        host = self.env.get(HOST_ENV)
+        if host is not None and not self.allow_remote and not is_loopback(host):
+            raise ValueError(_remote_refused(host, f"env.{HOST_ENV}"))
+        shared = self.env.get(SHARED_PORT_ENV)
+        if shared is not None and not (re.fullmatch(r"[0-9]{1,5}", shared)
+                                       and 1 <= int(shared) <= 65535):
+            raise ValueError(f"env.{SHARED_PORT_ENV}: must be a port number from 1 to 65535")
+        return self
+
+    @property
+    def shared_port(self) -> int | None:
+        """The fixed port every replica listens on beside its own (``SHOAL_SHARED_PORT``)."""
+        shared = self.env.get(SHARED_PORT_ENV)
+        return int(shared) if shared is not None else None
 
     @field_validator("env")
     @classmethod
@@ -188,6 +240,20 @@ class Gateway(_Strict):
     #: Upstream response headers never passed to clients (names, any case).
     strip_response_headers: list[str] = Field(
         default_factory=lambda: ["server", "x-powered-by"])
+    #: Let ``host`` be an address other than loopback (``0.0.0.0``: every interface).
+    allow_remote: bool = False
+
+    @model_validator(mode="after")
+    def _checks(self) -> Gateway:
+        if not self.allow_remote and not is_loopback(self.host):
+            raise ValueError(_remote_refused(self.host, "host"))
+        first: dict[str, int] = {}
+        for i, route in enumerate(self.routes):
+            j = first.setdefault(route.prefix, i)
+            if j != i:
+                raise ValueError(f"routes.{i}.prefix: {route.prefix!r} is also the prefix of "
+                                 f"routes.{j}; the second route could never match")
+        return self
 
 
 class ControlPlane(_Strict):
@@ -198,6 +264,15 @@ class ControlPlane(_Strict):
     registry: str = Field(default="local", pattern=r"^(local|etcd\+https?://\S+)$")
     #: Fault injection middleware in services (never in generated production manifests).
     chaos: bool = True
+    #: Let ``host`` be an address other than loopback. The API is plain HTTP behind a bearer
+    #: token: only on a network you trust.
+    allow_remote: bool = False
+
+    @model_validator(mode="after")
+    def _loopback(self) -> ControlPlane:
+        if not self.allow_remote and not is_loopback(self.host):
+            raise ValueError(_remote_refused(self.host, "host"))
+        return self
 
 
 class Spec(_Strict):
@@ -222,8 +297,28 @@ class Spec(_Strict):
                 if route.service not in self.services:
                     raise ValueError(
                         f"gateway.routes.{i}.service: unknown service {route.service!r}")
+        taken: dict[int, str] = {}
+        for field, _, port in self.listeners():
+            other = taken.setdefault(port, field)
+            if other != field:
+                raise ValueError(f"{field}: port {port} is also {other}; two listeners cannot "
+                                 "share one port")
         self.start_order()  # raises on a dependency cycle
         return self
+
+    def listeners(self) -> list[tuple[str, str, int]]:
+        """``(field, host, port)`` of every fixed port the fleet listens on, in spec order
+        (``control.port: 0``, any free port, is not one)."""
+        found: list[tuple[str, str, int]] = []
+        if self.control.port:
+            found.append(("control.port", self.control.host, self.control.port))
+        for name, svc in self.services.items():
+            if svc.shared_port is not None:
+                found.append((f"services.{name}.env.{SHARED_PORT_ENV}",
+                              svc.env.get(HOST_ENV, "127.0.0.1"), svc.shared_port))
+        if self.gateway is not None:
+            found.append(("gateway.port", self.gateway.host, self.gateway.port))
+        return found
 
     def start_order(self) -> list[list[str]]:
         """Services in dependency waves: each wave only depends on earlier ones."""
@@ -275,14 +370,84 @@ def _key_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return int(node.start_mark.line) + 1 if node is not None else None
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting every key a mapping gives twice (YAML keeps the last).
+
+    ``duplicates`` gets ``(line, path, key, first_line)`` for each: ``path`` is where the
+    mapping is (its keys and sequence indexes from the root), lines are 1-based."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, tuple[Any, ...], str, int]] = []
+        self._path: list[Any] = []
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # ``index`` is the key node for a mapping's value, the position for a sequence's
+        # item, None for a key (and the root).
+        if isinstance(index, yaml.ScalarNode):
+            part: Any = index.value
+        elif isinstance(index, int) and not isinstance(index, bool):
+            part = index
+        elif isinstance(index, yaml.Node):
+            part = "?"
+        else:
+            return super().compose_node(parent, index)
+        self._path.append(part)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple[str, str], yaml.Node] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue  # a ``<<`` merge is meant to be overridden
+            first = seen.setdefault((key.tag, key.value), key)
+            if first is not key:
+                self.duplicates.append((key.start_mark.line + 1, tuple(self._path), key.value,
+                                        first.start_mark.line + 1))
+        return node
+
+
+def _compose(text: str, file: str) -> tuple[yaml.Node | None, Any]:
+    """The YAML node tree and the data of ``text``; :class:`SpecError` for anything that
+    is not one well-formed YAML document with unique keys."""
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise SpecError("contains a NUL byte: this is not a text file", file=file, line=line)
+    loader: _SpecLoader | None = None
+    try:
+        loader = _SpecLoader(text)
+        root = loader.get_single_node()
+        if loader.duplicates:
+            line, path, key, first = min(loader.duplicates, key=lambda d: d[0])
+            field = ".".join(str(p) for p in (*path, key))
+            raise SpecError(f"duplicate key {key!r} (first given at line {first}); YAML "
+                            "would silently keep the last", file=file, line=line, field=field)
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise SpecError(f"not valid YAML: {exc.problem}", file=file,
+                        line=mark.line + 1 if mark else None) from None
+    except yaml.reader.ReaderError as exc:
+        # Control characters: PyYAML reports a position in the text, not a line.
+        raise SpecError(f"not valid YAML: unacceptable character #x{exc.character:04x}",
+                        file=file, line=text.count("\n", 0, exc.position) + 1) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML: {exc}", file=file) from None
+    except RecursionError:
+        raise SpecError("not valid YAML: nested too deeply", file=file) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return root, data
+
+
 def parse_spec(text: str, file: str = "<spec>") -> Spec:
     """Validate spec ``text``; raise :class:`SpecError` locating the first problem."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise SpecError(f"not valid YAML: {exc.problem}", file=file, line=line) from None
+    root, data = _compose(text, file)
     if not isinstance(data, dict):
         raise SpecError("the spec must be a mapping with 'system' and 'services'", file=file,
                         line=1)
@@ -292,10 +457,10 @@ def parse_spec(text: str, file: str = "<spec>") -> Spec:
         err = exc.errors(include_url=False)[0]
         loc = tuple(err["loc"])
         message = str(err["msg"]).removeprefix("Value error, ")
-        # Cross-reference errors carry their own field path in the message.
-        ref = re.match(r"^([\w.]+): (.*)$", message)
-        if ref and not loc:
-            loc = tuple(int(p) if p.isdigit() else p for p in ref.group(1).split("."))
+        # Our own checks name the field they refuse, below the model that ran them.
+        ref = re.match(r"^([\w.]+): (.*)$", message) if err["type"] == "value_error" else None
+        if ref:
+            loc += tuple(int(p) if p.isdigit() else p for p in ref.group(1).split("."))
             message = ref.group(2)
         field = ".".join(str(p) for p in loc) or None
         raise SpecError(message, file=file, line=_key_line(root, loc), field=field) from None
@@ -305,7 +470,17 @@ def load_spec(path: str | Path) -> Spec:
     """Read and validate the spec file at ``path``."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", file=str(p)) from None
+    if b"\0" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\0")) + 1
+        raise SpecError("contains a NUL byte: this is not a text file (a spec is UTF-8 YAML)",
+                        file=str(p), line=line)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SpecError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the spec as UTF-8",
+                        file=str(p), line=line) from None
     return parse_spec(text, str(p))

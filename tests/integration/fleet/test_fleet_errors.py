@@ -28,7 +28,7 @@ def test_port_already_taken_is_named(tmp_path):
         spec = write_spec(tmp_path, "services:\n  api:\n    app: tests.apps.chassis_fastapi:app\n",
                           port)
         result = shoal("up", str(spec), "--state-dir", str(tmp_path / ".shoal"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     err = " ".join(result.stderr.split())
     assert f"port {port} on 127.0.0.1 is already in use" in err
     assert "control.port" in err

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.fleet.conftest import ROOT, group_pids, pid_alive, shoal, wait_until
+from tests.integration.fleet.conftest import (
+    ROOT,
+    fleet_factory,
+    group_pids,
+    pid_alive,
+    shoal,
+    wait_until,
+)
 
 from shoal.testing import free_port
 
@@ -154,4 +161,4 @@ def shop_user(shop: Shop) -> int:
     return int(user["id"])
 
 
-__all__ = ["ARTIFACTS", "Load", "Shop", "require_binary", "wait_until"]
+__all__ = ["ARTIFACTS", "Load", "Shop", "fleet_factory", "require_binary", "wait_until"]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.integration.fleet.conftest import pid_alive, shoal, wait_until
@@ -73,3 +77,53 @@ print('last words before exit', flush=True); sys.exit(3)"]
     assert logs.returncode == 0, logs.stderr
     assert "last words before exit" in logs.stdout
     assert "about to fail" in logs.stdout
+
+
+def test_logs_since_and_until_bound_the_lines_of_a_running_fleet(fleet_factory) -> None:
+    fleet = fleet_factory(f"""
+services:
+  ticker:
+    command: ["{sys.executable}", "-m", "tests.apps.ticker"]
+    drain_grace: 1
+""")
+
+    def lines(*args: str) -> list[dict[str, Any]]:
+        result = shoal("logs", "--service", "ticker", "--json", "--limit", "5000",
+                       "--state-dir", str(fleet.state_dir), *args)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    def started() -> dict[str, Any] | None:
+        return next((e for e in lines() if e["message"] == "ticker started"), None)
+
+    first = wait_until(started, 20, "the ticker's first line in the store")
+    wait_until(lambda: time.time() > first["ts"] + 4, 10, "4 s of ticks")
+
+    # Durations count back from now: the first line is older than 2 s, the last ticks not.
+    before = time.time()
+    recent = lines("--since", "2s")
+    assert recent, "no line of the last 2 s"
+    assert "ticker started" not in {e["message"] for e in recent}
+    assert min(e["ts"] for e in recent) >= before - 2 - 0.05
+    older = lines("--until", "2s")
+    after = time.time()
+    assert older[0]["message"] == "ticker started"
+    assert max(e["ts"] for e in older) <= after - 2 + 0.05
+
+    # ISO 8601 times, with a zone or without one (local time), bound both ends.
+    cut = first["ts"] + 1.0
+    utc = datetime.fromtimestamp(cut, UTC).isoformat()
+    local = datetime.fromtimestamp(cut).isoformat()  # local time, no zone
+    for since in (utc, local):
+        later = lines("--since", since)
+        assert later, since
+        assert min(e["ts"] for e in later) >= cut - 0.001
+    window = lines("--since", utc, "--until", datetime.fromtimestamp(cut + 1, UTC).isoformat())
+    assert window
+    assert all(cut - 0.001 <= e["ts"] <= cut + 1.001 for e in window)
+    assert 3 <= len(window) <= 7  # a tick every 0.2 s
+    assert lines("--until", local)[-1]["ts"] <= cut + 0.001
+
+    result = shoal("logs", "--since", "yesterday", "--state-dir", str(fleet.state_dir))
+    assert result.returncode == 2
+    assert "--since 'yesterday'" in result.stderr
