@@ -62,3 +62,19 @@ def test_broken_yaml_names_the_line():
 def test_missing_file_is_a_spec_error(tmp_path):
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "absent.yaml")
+
+
+def test_env_passthrough_is_a_list_of_variable_names():
+    base = "system: s\nservices:\n  a:\n    app: x:y\n    env_passthrough: "
+    assert parse_spec(base + "[DATABASE_URL, AWS_PROFILE]\n").services["a"].env_passthrough == [
+        "DATABASE_URL", "AWS_PROFILE"]
+    assert parse_spec("system: s\nservices:\n  a:\n    app: x:y\n").services[
+        "a"].env_passthrough == []
+    for value, words in [("[\"BAD-NAME\"]", "invalid environment variable name 'BAD-NAME'"),
+                         ("DATABASE_URL", "valid list"), ("[[A]]", "valid string")]:
+        with pytest.raises(SpecError) as info:
+            parse_spec(base + value + "\n", "shoal.yaml")
+        assert info.value.line == 5
+        assert info.value.field is not None
+        assert info.value.field.startswith("services.a.env_passthrough")
+        assert words in info.value.message
