@@ -33,6 +33,10 @@ FaultKind = Literal["latency", "errors", "abort"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("latency", "errors", "abort")
 CHAOS_ENV = "SHOAL_CHAOS"
 CONTROL_URL_ENV = "SHOAL_CONTROL_URL"
+#: The read-only credential the platform gives replicas for ``GET /v1/chaos`` (nothing else).
+CHAOS_TOKEN_ENV = "SHOAL_CHAOS_TOKEN"  # noqa: S105 - a variable name
+#: Fallback for a process outside the fleet: the fleet's own (admin) token.
+CONTROL_TOKEN_ENV = "SHOAL_CONTROL_TOKEN"  # noqa: S105 - a variable name
 #: Header on answers the fault injection produced, so a caller can tell them from real ones.
 CHAOS_HEADER = "Shoal-Chaos"
 #: :data:`CHAOS_HEADER` as an ASGI/raw header name.
@@ -237,4 +241,4 @@ def poller_from_env(service: str, instance: str,
     if env.get(CHAOS_ENV) != "1":
         return None
     return ChaosPoller(service=service, instance=instance, control_url=control_url_from_env(env),
-                       token=env.get("SHOAL_CONTROL_TOKEN", ""))
+                       token=env.get(CHAOS_TOKEN_ENV) or env.get(CONTROL_TOKEN_ENV, ""))

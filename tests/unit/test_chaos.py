@@ -63,6 +63,18 @@ def test_chaos_is_off_unless_the_env_says_so():
     assert p.control_url == "http://127.0.0.1:7700"
 
 
+def test_the_poller_uses_the_read_only_fault_board_credential():
+    env = {"SHOAL_CHAOS": "1", "SHOAL_CONTROL_URL": "http://127.0.0.1:9",
+           "SHOAL_CHAOS_TOKEN": "board-reader", "SHOAL_CONTROL_TOKEN": "admin"}
+    poller = poller_from_env("users", "users-1", env)
+    assert poller is not None
+    assert poller.token == "board-reader"
+    del env["SHOAL_CHAOS_TOKEN"]  # a process outside the fleet, given the fleet's token
+    poller = poller_from_env("users", "users-1", env)
+    assert poller is not None
+    assert poller.token == "admin"
+
+
 def test_control_url_prefers_the_explicit_variable():
     env = {"SHOAL_CONTROL_URL": "http://127.0.0.1:9/", "SHOAL_DISCOVERY": "etcd+http://x:2379"}
     assert control_url_from_env(env) == "http://127.0.0.1:9"

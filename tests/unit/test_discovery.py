@@ -52,6 +52,18 @@ def test_env_selects_the_backend(monkeypatch):
         resolver_from_env()
 
 
+def test_local_discovery_takes_the_read_only_credential_else_the_fleet_token(monkeypatch):
+    monkeypatch.setenv("SHOAL_DISCOVERY", "local+http://127.0.0.1:7700")
+    monkeypatch.setenv("SHOAL_DISCOVERY_TOKEN", "registry-reader")
+    monkeypatch.setenv("SHOAL_CONTROL_TOKEN", "admin")
+    assert resolver_from_env().token == "registry-reader"  # type: ignore[attr-defined]
+    monkeypatch.delenv("SHOAL_DISCOVERY_TOKEN")
+    assert resolver_from_env().token == "admin"  # type: ignore[attr-defined]
+    monkeypatch.delenv("SHOAL_CONTROL_TOKEN")
+    with pytest.raises(ConfigurationError, match="SHOAL_DISCOVERY_TOKEN"):
+        resolver_from_env()
+
+
 def test_registered_scheme_is_dispatched_on_its_prefix():
     seen = []
 

@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.platform._backoff import RestartBackoff
+from shoal.platform._environ import inherited
 from shoal.platform._registry import READY, UNREADY, InstanceRecord, Registry
 
 
@@ -68,3 +69,23 @@ async def test_blocking_query_returns_as_soon_as_something_changes():
 async def test_blocking_query_times_out_with_the_same_index():
     registry = Registry()
     assert await registry.wait(registry.index, 0.05) == registry.index
+
+
+def test_a_replica_inherits_the_allow_list_and_its_passthrough_only():
+    parent = {
+        "PATH": "/usr/bin", "HOME": "/home/u", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC",
+        "TMPDIR": "/tmp/x", "SSL_CERT_FILE": "/etc/ca.pem", "VIRTUAL_ENV": "/venv",
+        "PYTHONPATH": "/src", "PYTHONHASHSEED": "0", "COVERAGE_PROCESS_START": ".coveragerc",
+        "LD_LIBRARY_PATH": "/opt/lib", "SHOAL_LOG_LEVEL": "DEBUG",
+        # never, unless named
+        "SHOAL_CONTROL_TOKEN": "admin", "SHOAL_JWT_SECRET": "jwt", "AWS_SECRET_ACCESS_KEY": "k",
+        "PYTHON_API_KEY": "k", "DATABASE_URL": "postgresql://u:p@db/x", "HTTPS_PROXY": "p",
+        "SHOAL_ADVERTISE_URL": "http://10.0.0.1:1", "LC_lower": "x",
+    }
+    kept = inherited(parent)
+    assert set(kept) == {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE",
+                         "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHASHSEED",
+                         "COVERAGE_PROCESS_START", "LD_LIBRARY_PATH", "SHOAL_LOG_LEVEL"}
+    assert kept["PATH"] == "/usr/bin"
+    named = inherited(parent, ["DATABASE_URL", "SHOAL_JWT_SECRET", "NOT_SET"])
+    assert set(named) - set(kept) == {"DATABASE_URL", "SHOAL_JWT_SECRET"}

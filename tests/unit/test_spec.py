@@ -177,3 +177,19 @@ def test_nul_in_spec_text_is_a_spec_error():
 def test_deeply_nested_yaml_is_a_spec_error():
     with pytest.raises(SpecError, match="nested too deeply"):
         parse_spec("[" * 5000, "f.yaml")
+
+
+def test_env_passthrough_is_a_list_of_variable_names():
+    base = "system: s\nservices:\n  a:\n    app: x:y\n    env_passthrough: "
+    assert parse_spec(base + "[DATABASE_URL, AWS_PROFILE]\n").services["a"].env_passthrough == [
+        "DATABASE_URL", "AWS_PROFILE"]
+    assert parse_spec("system: s\nservices:\n  a:\n    app: x:y\n").services[
+        "a"].env_passthrough == []
+    for value, words in [("[\"BAD-NAME\"]", "invalid environment variable name 'BAD-NAME'"),
+                         ("DATABASE_URL", "valid list"), ("[[A]]", "valid string")]:
+        with pytest.raises(SpecError) as info:
+            parse_spec(base + value + "\n", "shoal.yaml")
+        assert info.value.line == 5
+        assert info.value.field is not None
+        assert info.value.field.startswith("services.a.env_passthrough")
+        assert words in info.value.message

@@ -1,10 +1,12 @@
 """The ``local`` backend: the endpoint tables of the local platform's registry (``shoal up``).
 
-``SHOAL_DISCOVERY=local+http://127.0.0.1:7700`` (the platform sets it, with the fleet token in
-``SHOAL_CONTROL_TOKEN``). One watcher thread per subscribed service long-polls the registry
-(``GET /v1/services/NAME?index=N&wait=S``): a change reaches the table as soon as the registry
-makes it, and a request never waits on discovery. The first subscription to a service makes
-one bounded fetch so the first call already has a table.
+``SHOAL_DISCOVERY=local+http://127.0.0.1:7700`` (the platform sets it, with a read-only
+credential in ``SHOAL_DISCOVERY_TOKEN`` that can read the registry and do nothing else; outside
+the fleet, the fleet's own token in ``SHOAL_CONTROL_TOKEN`` does too). One watcher thread per
+subscribed service long-polls the registry (``GET /v1/services/NAME?index=N&wait=S``): a change
+reaches the table as soon as the registry makes it, and a request never waits on discovery.
+The first subscription to a service makes one bounded fetch so the first call already has a
+table.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from shoal._logging import get_logger
 from shoal.discovery._base import Endpoint, EndpointListener
 
 SETTING = "SHOAL_DISCOVERY"
-TOKEN_SETTING = "SHOAL_CONTROL_TOKEN"  # noqa: S105 - a variable name
+TOKEN_SETTING = "SHOAL_DISCOVERY_TOKEN"  # noqa: S105 - a variable name
+#: The fleet's (admin) token, used when ``SHOAL_DISCOVERY_TOKEN`` is not set.
+CONTROL_TOKEN_SETTING = "SHOAL_CONTROL_TOKEN"  # noqa: S105 - a variable name
 _log = get_logger("shoal.discovery")
 
 
@@ -140,10 +144,13 @@ class LocalResolver:
 
 
 def parse_local(config: str) -> LocalResolver:
-    """``local+http://127.0.0.1:7700`` with the token from ``SHOAL_CONTROL_TOKEN``."""
+    """``local+http://127.0.0.1:7700`` with the token from ``SHOAL_DISCOVERY_TOKEN`` (else
+    ``SHOAL_CONTROL_TOKEN``)."""
     url = config.partition("+")[2]
-    token = os.environ.get(TOKEN_SETTING)
+    token = os.environ.get(TOKEN_SETTING) or os.environ.get(CONTROL_TOKEN_SETTING)
     if not token:
         raise ConfigurationError(TOKEN_SETTING, "is not set; the local platform sets it for its "
-                                                "replicas (the fleet token in .shoal/token)")
+                                                "replicas (outside the fleet, set "
+                                                f"{CONTROL_TOKEN_SETTING} to the fleet token in "
+                                                ".shoal/token)")
     return LocalResolver(url, token)

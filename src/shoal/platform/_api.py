@@ -1,5 +1,8 @@
 """The control plane's HTTP API (loopback only, bearer token): registry, fleet operations.
 
+The fleet's token (``.shoal/token``) can do everything; the read-only credentials the platform
+gives replicas can each ``GET`` one route (:func:`read_only_grants`) and get 403 elsewhere.
+
 Errors are problem+json. ``GET /v1/services/{name}?index=N&wait=S`` is a blocking query: it
 answers once the registry index passes N (or after S seconds), so clients keep a pushed table.
 """
@@ -51,15 +54,40 @@ def _json(data: Any, status: int = 200, index: int | None = None) -> web.Respons
                              dumps=lambda d: json.dumps(d, separators=(",", ":")))
 
 
+def read_only_grants(cp: ControlPlane) -> dict[str, str]:
+    """The replicas' read-only credentials, each with the one route it may ``GET``.
+
+    Replicas never hold the fleet's token (it can scale, kill and inject faults): local
+    discovery reads the registry with one credential, the chaos poller reads the fault board
+    with another, and neither can do anything else.
+    """
+    return {cp.discovery_token: "/v1/services/{name}", cp.chaos_token: "/v1/chaos"}
+
+
+def refusal(cp: ControlPlane, request: web.Request) -> web.Response | None:
+    """The 401 or 403 answer for a request its credential does not allow, else None."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    if same_secret(bearer, cp.token) or is_public(request) or session_ok(request, cp.token):
+        return None
+    granted = next((route for secret, route in read_only_grants(cp).items()
+                    if same_secret(bearer, secret)), None)
+    if granted is None:
+        return problem(401, "A bearer token is required: the fleet's token is in "
+                            f"{cp.state.token_path}.")
+    resource = request.match_info.route.resource
+    if request.method in {"GET", "HEAD"} and resource is not None and (
+            resource.canonical == granted):
+        return None
+    return problem(403, f"This credential can only read GET {granted}.")
+
+
 def build_api(cp: ControlPlane) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        bearer_ok = scheme.lower() == "bearer" and same_secret(token.strip(), cp.token)
-        if not (bearer_ok or is_public(request) or session_ok(request, cp.token)):
-            return problem(401, "A bearer token is required: the fleet's token is in "
-                                f"{cp.state.token_path}.")
+        if (refused := refusal(cp, request)) is not None:
+            return refused
         try:
             return await handler(request)
         except web.HTTPException as exc:

@@ -1,10 +1,12 @@
 """Fault injection, control-plane side: the board of active rules and its HTTP API.
 
 Replicas with ``SHOAL_CHAOS=1`` poll ``GET /v1/chaos?service=S&instance=I`` (see
-``shoal._chaos``); the CLI adds rules with ``POST /v1/chaos``, clears them with
-``DELETE /v1/chaos`` and kills replicas with ``POST /v1/services/{name}/kill``. Every rule has a
-duration (at most :data:`MAX_DURATION`), so a forgotten experiment ends by itself. When the
-spec's ``control.chaos`` is off, every chaos endpoint answers 409.
+``shoal._chaos``) with the read-only credential in ``SHOAL_CHAOS_TOKEN``, which can do nothing
+else (``shoal.platform._api.read_only_grants``); the CLI, with the fleet's token, adds rules
+with ``POST /v1/chaos``, clears them with ``DELETE /v1/chaos`` and kills replicas with
+``POST /v1/services/{name}/kill``. Every rule has a duration (at most :data:`MAX_DURATION`), so
+a forgotten experiment ends by itself. When the spec's ``control.chaos`` is off, every chaos
+endpoint answers 409.
 """
 
 from __future__ import annotations

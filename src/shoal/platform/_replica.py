@@ -4,6 +4,11 @@ A :class:`ReplicaRunner` keeps one replica slot alive: it starts the process, pr
 (which gates registration) and liveness (which restarts), restarts crashes with exponential
 backoff, and on :meth:`ReplicaRunner.stop` deregisters first, then SIGTERM (the service drains),
 then SIGKILL of the whole group after the grace.
+
+As in Kubernetes, every start of the process, the first or a restart, goes through the same
+gate: it has ``startup_timeout`` seconds to pass its readiness probe (else it is killed and
+restarted like a crash), and its liveness probe only starts once *this* process has passed that
+gate, so a slow starter is never killed by liveness while it is still starting.
 """
 
 from __future__ import annotations
@@ -90,6 +95,9 @@ class ReplicaRunner:
         self.lines: deque[str] = deque(maxlen=200)
         self.process: asyncio.subprocess.Process | None = None
         self.backoff = RestartBackoff()
+        #: Whether some process of this replica was ready once (a later exit with code 2 is
+        #: then a crash to restart, not a configuration error). Each process has its own
+        #: startup gate: see :meth:`_monitor`.
         self.ever_ready = False
         self.ready_event = asyncio.Event()
         self.failed_event = asyncio.Event()
@@ -169,8 +177,9 @@ class ReplicaRunner:
         process = self.process
         assert process is not None
         reader = asyncio.create_task(self._read_output(process))
-        probes = [asyncio.create_task(self._readiness_loop()),
-                  asyncio.create_task(self._liveness_loop())]
+        started = asyncio.Event()  # this process passed its startup (readiness) gate
+        probes = [asyncio.create_task(self._readiness_loop(started)),
+                  asyncio.create_task(self._liveness_loop(started))]
         try:
             code = await process.wait()
             with contextlib.suppress(TimeoutError):
@@ -191,39 +200,51 @@ class ReplicaRunner:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
-    async def _readiness_loop(self) -> None:
+    async def _readiness_loop(self, started: asyncio.Event) -> None:
         probe = self.spec.probes.readiness
-        startup_deadline = time.monotonic() + self.spec.probes.startup_timeout
+        startup_timeout = self.spec.probes.startup_timeout
+        startup_deadline = time.monotonic() + startup_timeout
         ok_streak = fail_streak = 0
         while True:
             ok = await self._probe(probe.path, probe.timeout)
             ok_streak, fail_streak = (ok_streak + 1, 0) if ok else (0, fail_streak + 1)
             state = self.record.state
-            if ok and ok_streak >= probe.success_threshold and state != READY:
+            if self._stopping:
+                pass  # draining: never registered again, never killed for a slow start
+            elif ok and ok_streak >= probe.success_threshold and state != READY:
+                started.set()
                 self.ever_ready = True
                 await self.registry.set_state(self.record.id, READY)
-                log.info("replica.ready", instance=self.record.id, url=self.record.url)
+                log.info("replica.ready", instance=self.record.id, url=self.record.url,
+                         restarts=self.record.restarts)
                 self.ready_event.set()
             elif not ok and fail_streak >= probe.failure_threshold and state == READY:
                 await self.registry.set_state(self.record.id, UNREADY)
                 log.warning("replica.unready", instance=self.record.id)
-            if not self.ever_ready and time.monotonic() > startup_deadline:
-                self.failure = (f"not ready within {self.spec.probes.startup_timeout:g}s "
-                                f"(GET {probe.path} never answered 200)")
+            if not (started.is_set() or self._stopping) and time.monotonic() > startup_deadline:
+                # Every start has startup_timeout, not only the first: a restarted process
+                # that hangs is killed and restarted (with backoff) like any crash.
+                reason = (f"not ready within {startup_timeout:g}s "
+                          f"(GET {probe.path} never answered 200)")
                 log.error("replica.startup_timeout", instance=self.record.id,
-                          last_lines=list(self.lines)[-10:])
-                self.failed_event.set()
+                          restarts=self.record.restarts, last_lines=list(self.lines)[-10:])
+                if not self.ever_ready:  # the first start: `shoal up` or a rollout waits on it
+                    self.failure = reason
+                    self.failed_event.set()
                 self._kill_group()
                 return
-            # Until the first success, probe often: a replica joins as soon as it can serve.
-            await asyncio.sleep(probe.period if self.ever_ready else min(probe.period, 0.1))
+            # Until this process first succeeds, probe often: it joins as soon as it can serve.
+            await asyncio.sleep(probe.period if started.is_set() else min(probe.period, 0.1))
 
-    async def _liveness_loop(self) -> None:
+    async def _liveness_loop(self, started: asyncio.Event) -> None:
         probe = self.spec.probes.liveness
+        # Liveness watches a process that has started (passed its readiness gate), never one
+        # still starting: that is startup_timeout's job (Kubernetes' startup probe).
+        await started.wait()
         fails = 0
         while True:
             await asyncio.sleep(probe.period)
-            if not self.ever_ready or self.record.state == DRAINING:
+            if self.record.state == DRAINING:
                 continue
             fails = 0 if await self._probe(probe.path, probe.timeout) else fails + 1
             if fails >= probe.failure_threshold:

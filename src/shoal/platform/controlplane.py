@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -17,10 +18,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from shoal._chaos import CHAOS_TOKEN_ENV
 from shoal._errors import ShoalError
 from shoal._logging import JsonFormatter, get_logger, set_identity
+from shoal.discovery._local import TOKEN_SETTING as DISCOVERY_TOKEN_ENV
 from shoal.platform._api import build_api
 from shoal.platform._autoscaling import Autoscaling, interval_from_env
+from shoal.platform._environ import inherited
 from shoal.platform._faults import FaultBoard
 from shoal.platform._logstore import LogStore
 from shoal.platform._observe import EventLog, start_observing, stop_observing
@@ -127,6 +131,10 @@ class ControlPlane:
         self.autoscaling = Autoscaling(fleet_services(spec), interval=interval_from_env())
         self.supervisors: dict[str, ServiceSupervisor] = {}
         self.token = ""
+        # Read-only credentials for replicas, each good for one GET (see _api.py): reading the
+        # registry (local discovery) and reading the fault board. Never written to disk.
+        self.discovery_token = secrets.token_urlsafe(32)
+        self.chaos_token = secrets.token_urlsafe(32)
         self.phase = "starting"
         self.error: str | None = None
         self.started_at = time.time()
@@ -155,18 +163,25 @@ class ControlPlane:
 
     def _launch_for(self, name: str) -> Callable[[Service], Launch]:
         def launch(service: Service) -> Launch:
-            env = dict(os.environ)
+            # Least privilege: the allow-list of this environment, never all of it (the
+            # admin token, SHOAL_JWT_SECRET, a cloud key exported in the shell stay here).
+            passthrough = list(service.env_passthrough)
+            if name == GATEWAY_SERVICE:
+                passthrough += self._gateway_secrets()
+            env = inherited(os.environ, passthrough)
             env.update({
                 "SHOAL_SERVICE": name,
                 "SHOAL_HOST": "127.0.0.1",
                 "SHOAL_DISCOVERY": self.discovery,
-                "SHOAL_CONTROL_TOKEN": self.token,
                 "SHOAL_DRAIN_GRACE": str(service.drain_grace),
                 "PYTHONUNBUFFERED": "1",
             })
+            if self.discovery.startswith("local+"):
+                env[DISCOVERY_TOKEN_ENV] = self.discovery_token
             if self.spec.control.chaos:
                 env["SHOAL_CHAOS"] = "1"
                 env["SHOAL_CONTROL_URL"] = f"http://{self.host}:{self.port}"
+                env[CHAOS_TOKEN_ENV] = self.chaos_token
             if name == GATEWAY_SERVICE:
                 env["SHOAL_GATEWAY_SPEC"] = str(self.spec_path)
                 assert self.spec.gateway is not None
@@ -176,6 +191,15 @@ class ControlPlane:
             return Launch(argv=serve_argv(service), env=env, cwd=str(self.cwd))
 
         return launch
+
+    def _gateway_secrets(self) -> list[str]:
+        """The variables the gateway's routes name as their HS256 secret (``auth.secret_env``):
+        the only secrets of this environment the gateway inherits."""
+        gateway = self.spec.gateway
+        if gateway is None:
+            return []
+        return sorted({route.auth.secret_env for route in gateway.routes
+                       if route.auth is not None and route.auth.secret_env})
 
     # -- views ---------------------------------------------------------------------------
 

@@ -135,6 +135,10 @@ class Service(_Strict):
     interface: Literal["auto", "asgi", "wsgi"] = "auto"
     replicas: int = Field(default=1, ge=0, le=100)
     env: dict[str, str] = Field(default_factory=dict)
+    #: Variables of the environment ``shoal up`` runs in that this service's replicas inherit
+    #: besides the documented allow-list (``PATH``, ``HOME``, the locale ...): nothing else of
+    #: that environment reaches them.
+    env_passthrough: list[str] = Field(default_factory=list)
     depends_on: list[Name] = Field(default_factory=list)
     probes: Probes = Probes()
     drain_grace: Seconds = 10.0
@@ -181,6 +185,14 @@ class Service(_Strict):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"invalid environment variable name {key!r}")
         return env
+
+    @field_validator("env_passthrough")
+    @classmethod
+    def _passthrough_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+        return names
 
 
 class RouteAuth(_Strict):

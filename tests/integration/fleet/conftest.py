@@ -23,10 +23,11 @@ from shoal.testing import (
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def shoal(*args: str, timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def shoal(*args: str, timeout: float = 120, cwd: Path = ROOT,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shoal", *args], capture_output=True, text=True,
-        timeout=timeout, cwd=cwd, check=False,
+        timeout=timeout, cwd=cwd, check=False, env=env,
     )
 
 
@@ -36,6 +37,13 @@ def pid_alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def proc_environ(pid: int) -> dict[str, str]:
+    """The environment process ``pid`` was started with (``/proc/PID/environ``)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (entry.split(b"=", 1) for entry in raw.split(b"\0") if b"=" in entry)
+    return {key.decode(): value.decode(errors="replace") for key, value in pairs}
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -98,14 +106,15 @@ def write_spec(tmp: Path, body: str, port: int) -> Path:
 
 
 @pytest.fixture
-def fleet_factory(tmp_path: Path) -> Iterator[Callable[[str], Fleet]]:
+def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     fleets: list[Fleet] = []
 
-    def start(body: str) -> Fleet:
+    def start(body: str, env: dict[str, str] | None = None) -> Fleet:
+        """``shoal up --detach`` of ``body``; ``env``: the environment it runs in."""
         port = free_port()
         spec = write_spec(tmp_path, body, port)
         state = tmp_path / ".shoal"
-        result = shoal("up", str(spec), "--detach", "--state-dir", str(state))
+        result = shoal("up", str(spec), "--detach", "--state-dir", str(state), env=env)
         assert result.returncode == 0, result.stdout + result.stderr
         fleet = Fleet(spec, state, port)
         fleets.append(fleet)
