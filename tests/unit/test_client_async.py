@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import sys
+import threading
 
 import pytest
 
@@ -34,7 +36,7 @@ from shoal.client import (
     RetryPolicy,
     UpstreamResetError,
 )
-from shoal.discovery import StaticResolver
+from shoal.discovery import Endpoint, StaticResolver
 
 A, B, C = (f"http://127.0.0.1:{port}" for port in (8001, 8002, 8003))
 _names = itertools.count()
@@ -400,3 +402,148 @@ async def test_url_without_a_logical_name_is_rejected():
         await client.get("users/x")
     with pytest.raises(ConfigurationError, match="url"):
         await client.get("http://users:8000/x")
+
+
+# -- discovery updates from other threads ----------------------------------------------------
+
+D = "http://127.0.0.1:8004"
+
+
+async def test_endpoint_flips_from_a_thread_never_race_the_loop() -> None:
+    # A resolver thread flips "users" between two disjoint tables as fast as it can while the
+    # loop balances 10,000 calls. An update is applied on the client's loop (the table only
+    # changes there), so each call goes to an instance of the table as applied when it was
+    # sent: never to one an applied update removed. No call fails.
+    resolver = StaticResolver({"users": [A, B]})
+    wrong: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        if client.upstream("users").table.get(request.instance) is None:
+            wrong.append(request.instance)
+        await asyncio.sleep(0)  # (many calls in flight when an update is applied)
+        return Response(200, instance=request.instance)
+
+    client = AsyncClient(service=caller(), resolver=resolver,
+                         transport=MockTransport(async_handler=handler))
+    await client.get("http://users/x")
+    stop = threading.Event()
+    flips = 0
+    last: set[str] = set()
+
+    def flip() -> None:
+        nonlocal flips, last
+        while not stop.is_set():
+            table = [C, D] if flips % 2 == 0 else [A, B]
+            resolver.set_endpoints("users", table)
+            flips, last = flips + 1, set(table)
+
+    thread = threading.Thread(target=flip)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)  # (the threads take turns often: 50 times the default)
+    thread.start()
+    try:
+        for _ in range(100):
+            responses = await asyncio.gather(*(client.get("http://users/x") for _ in range(100)))
+            assert all(r.status == 200 for r in responses)
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert flips > 10
+    assert not wrong, f"{len(wrong)} calls went to an instance no longer in the table"
+    for _ in range(3):
+        await asyncio.sleep(0)  # (the last update's callback runs)
+    assert {inst.url for inst in client.upstream("users").table.instances} == last
+    await asyncio.gather(*(client.get("http://users/x") for _ in range(20)))
+    assert {r.instance for r in client._transport.requests[-20:]} <= last  # type: ignore[attr-defined]
+    await client.aclose()
+
+
+def urls(client: AsyncClient) -> list[str]:
+    return [inst.url for inst in client.upstream("users").table.instances]
+
+
+def from_a_thread(fn, *args) -> None:
+    """Call ``fn(*args)`` on another thread (as a resolver would), until it returns; its
+    exception, if any, is raised here."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    if failures:
+        raise failures[0]
+
+
+def echo(request: Request) -> Response:
+    return Response(200, instance=request.instance)
+
+
+async def test_an_update_from_a_thread_is_applied_on_the_loop_not_on_that_thread() -> None:
+    resolver = StaticResolver({"users": [A]})
+    client = AsyncClient(service=caller(), resolver=resolver, transport=MockTransport(echo))
+    await client.get("http://users/x")
+    from_a_thread(resolver.set_endpoints, "users", [B])  # (the loop is busy here, in this test)
+    assert urls(client) == [A]  # handed to the loop: applied once the loop runs it ...
+    await asyncio.sleep(0)
+    assert urls(client) == [B]
+    from_a_thread(resolver.set_endpoints, "users", [C])
+    assert (await client.get("http://users/x")).instance == C  # ... or by the next attempt
+    await client.aclose()
+
+
+async def test_an_update_on_the_loops_own_thread_is_applied_at_once() -> None:
+    resolver = StaticResolver({"users": [A]})
+    client = AsyncClient(service=caller(), resolver=resolver, transport=MockTransport(echo))
+    await client.get("http://users/x")
+    resolver.set_endpoints("users", [B])
+    assert urls(client) == [B]
+    await client.aclose()
+
+
+def test_a_client_made_before_its_loop_applies_updates_from_its_first_call() -> None:
+    # As the gateway does: the client and its subscriptions exist before the loop runs.
+    resolver = StaticResolver({"users": [A]})
+    client = AsyncClient(service=caller(), resolver=resolver, transport=MockTransport(echo))
+    assert urls(client) == [A]  # the first table, at subscription
+    from_a_thread(resolver.set_endpoints, "users", [B])
+    assert urls(client) == [A]  # no loop to apply it on: kept for the first call
+    assert asyncio.run(client.get("http://users/x")).instance == B
+
+
+def test_an_update_after_the_loop_closed_reaches_the_next_loop() -> None:
+    resolver = StaticResolver({"users": [A]})
+    client = AsyncClient(service=caller(), resolver=resolver, transport=MockTransport(echo))
+    assert asyncio.run(client.get("http://users/x")).instance == A  # (that loop is closed now)
+    from_a_thread(resolver.set_endpoints, "users", [B])  # no error on the resolver's thread
+    assert asyncio.run(client.get("http://users/x")).instance == B
+    from_a_thread(resolver.set_endpoints, "users", [C])
+    assert asyncio.run(client.get("http://users/x")).instance == C
+
+
+def test_a_listener_called_after_the_client_closed_is_harmless() -> None:
+    # A resolver may deliver to the listeners it had listed before the client unsubscribed.
+    listeners: list = []
+
+    class Keeping(StaticResolver):
+        def subscribe(self, service, listener):
+            listeners.append(listener)
+            return super().subscribe(service, listener)
+
+    client = AsyncClient(service=caller(), resolver=Keeping({"users": [A]}),
+                         transport=MockTransport(echo))
+
+    async def use_and_close() -> None:
+        await client.get("http://users/x")
+        await client.aclose()
+        from_a_thread(listeners[0], [Endpoint(B)])  # (its loop still runs)
+
+    asyncio.run(use_and_close())
+    from_a_thread(listeners[0], [Endpoint(C)])  # (its loop has closed)

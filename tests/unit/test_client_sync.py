@@ -88,3 +88,72 @@ def test_bulkhead_is_shared_by_threads():
         thread.join(timeout=5)
     assert results == [200, 200]
     assert client.upstream("users").bulkhead.in_flight == 0
+
+
+# -- discovery updates from other threads ----------------------------------------------------
+
+C = "http://127.0.0.1:8003"
+
+
+def urls(client: Client) -> list[str]:
+    return [inst.url for inst in client.upstream("users").table.instances]
+
+
+def on_a_thread(fn, *args) -> None:
+    """``fn(*args)`` on another thread (as a resolver calls its listeners), until it returns."""
+    thread = threading.Thread(target=fn, args=args)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "the listener blocked"
+
+
+def echo(request: Request) -> Response:
+    return Response(200, instance=request.instance)
+
+
+def test_an_update_from_a_thread_is_applied_under_the_clients_lock() -> None:
+    resolver = StaticResolver({"users": [A]})
+    client = Client(service="sync-tests", resolver=resolver, transport=MockTransport(echo))
+    assert urls(client) == [A]
+    on_a_thread(resolver.set_endpoints, "users", [B])  # the lock is free: applied at once
+    assert urls(client) == [B]
+    with client._lock:  # a call is updating the policy state
+        on_a_thread(resolver.set_endpoints, "users", [C])  # returns without waiting ...
+        assert urls(client) == [B]  # ... and changes nothing without the lock
+    assert client.get("http://users/x").instance == C  # the next attempt applies it
+
+
+def test_endpoint_flips_from_a_thread_while_threads_call() -> None:
+    resolver = StaticResolver({"users": [A, B]})
+    client = Client(service="sync-tests", resolver=resolver, transport=MockTransport(echo))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    last: set[str] = set()
+
+    def flip() -> None:
+        nonlocal last
+        flips = 0
+        while not stop.is_set():
+            table = [C] if flips % 2 == 0 else [A, B]
+            resolver.set_endpoints("users", table)
+            flips, last = flips + 1, set(table)
+
+    def calls() -> None:
+        try:
+            for _ in range(1000):
+                assert client.get("http://users/x").status == 200
+        except BaseException as exc:
+            failures.append(exc)
+
+    flipper = threading.Thread(target=flip)
+    callers = [threading.Thread(target=calls) for _ in range(4)]
+    flipper.start()
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(timeout=60)
+    stop.set()
+    flipper.join(timeout=5)
+    assert not failures
+    assert {client.get("http://users/x").instance for _ in range(10)} <= last
+    assert set(urls(client)) == last

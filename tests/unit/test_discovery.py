@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 
 from shoal._errors import ConfigurationError
+from shoal.client import AsyncClient, MockTransport, Response
 from shoal.discovery import (
     Endpoint,
     StaticResolver,
@@ -12,6 +16,7 @@ from shoal.discovery import (
     resolver_from_config,
     resolver_from_env,
 )
+from shoal.discovery._dns import DnsOptions, DnsResolver
 
 
 def test_static_config_lists_each_services_endpoints():
@@ -90,3 +95,31 @@ def test_unknown_service_starts_empty():
     tables = []
     StaticResolver().subscribe("nobody", tables.append)
     assert tables == [()]
+
+
+async def test_a_dns_update_is_applied_on_the_clients_loop_not_on_the_resolvers_thread():
+    # The resolver calls its listeners on its own thread; the client applies the update on
+    # its loop. The loop is kept busy here while the resolver delivers.
+    answers = {"users": ["127.0.0.1"]}
+    resolver = DnsResolver(DnsOptions(port=8001, interval=0.05, min_interval=0.01),
+                           lookup=lambda name: (list(answers[name]), 0.0))
+    client = AsyncClient(service="dns-tests", resolver=resolver,
+                         transport=MockTransport(lambda r: Response(200, instance=r.instance)))
+    assert (await client.get("http://users/x")).instance == "http://127.0.0.1:8001"
+    table = client.upstream("users").table
+    seen: list[tuple[str, list[str]]] = []
+    delivered = threading.Event()
+
+    def after_the_client(endpoints) -> None:  # (listeners are called in subscription order)
+        if [e.url for e in endpoints] == ["http://127.0.0.2:8001"]:
+            seen.append((threading.current_thread().name, [i.url for i in table.instances]))
+            delivered.set()
+
+    resolver.subscribe("users", after_the_client)
+    answers["users"] = ["127.0.0.2"]
+    assert delivered.wait(5)  # (blocks the loop: nothing can run on it meanwhile)
+    assert seen == [("shoal-dns", ["http://127.0.0.1:8001"])]  # not applied on that thread
+    await asyncio.sleep(0)
+    assert [i.url for i in table.instances] == ["http://127.0.0.2:8001"]
+    resolver.close()
+    await client.aclose()

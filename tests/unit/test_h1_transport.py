@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
 from tests._gc import shoal_cyclic_garbage
 
 from shoal._errors import (
@@ -22,6 +24,7 @@ from shoal.client import (
     OutlierPolicy,
     Request,
     RetryPolicy,
+    StreamingResponse,
     Timeouts,
 )
 from shoal.client._h1conn import HIGH_WATER
@@ -503,3 +506,306 @@ async def test_responses_and_closed_connections_leave_no_cyclic_garbage() -> Non
         del response
     await transport.aclose()
     assert leaked == []
+
+
+async def steps_until(done: Callable[[], bool], limit: int = 1000) -> None:
+    """Run the event loop one step at a time (no timed sleep) until ``done()``."""
+    for _ in range(limit):
+        if done():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_slot_handed_to_a_waiter_cancelled_before_it_ran_goes_to_the_next() -> None:
+    # The lost wake-up: A holds the only connection, B and C wait; A releases it, which
+    # hands it to B; B is cancelled before it runs. The connection must reach C (before the
+    # fix C waited for its whole timeout, "no connection ... became free in time", while the
+    # connection sat idle in the pool).
+    transport = H1Transport(max_connections=1)
+    box: list[Server] = []
+    async with Server(keep_alive(box)) as server:
+        box.append(server)
+        holder = await transport.handle_async_stream(request(server.url))
+        b = asyncio.ensure_future(transport.handle_async_request(request(server.url)))
+        c = asyncio.ensure_future(transport.handle_async_request(request(server.url,
+                                                                         timeout=2.0)))
+        await steps_until(lambda: len(transport._slot_waiters) == 2)
+        assert await holder.aread() == b"ok"
+        await holder.aclose()  # hands the connection to B ...
+        b.cancel()  # ... which is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        # B's cancellation passed the connection on: nobody waits with it idle in the pool.
+        assert not transport._slot_waiters
+        assert not transport._pools[server.url].idle
+        assert (await c).content == b"ok"
+        assert server.connections == 1
+        await transport.aclose()
+
+
+# -- the pool's hand-off, on a fake network and a fake clock ------------------------------
+#
+# The loop below is a real asyncio loop whose clock only moves when a test moves it and
+# whose ``create_connection`` opens in-memory connections (a server answering ``OK`` one
+# loop step after each request): the transport's own code runs, and every interleaving of
+# acquire, release, cancel and timeout is reproducible step by step.
+
+INSTANCES = ("http://10.0.0.1:80", "http://10.0.0.2:80")
+
+
+class FakeSocket(asyncio.Transport):
+    """One in-memory connection: each request is answered one loop step later; a close
+    reaches the protocol one step later, as a socket's would."""
+
+    def __init__(self, loop: FakeNetLoop, protocol: asyncio.Protocol, instance: str) -> None:
+        super().__init__()
+        self.loop = loop
+        self.protocol = protocol
+        self.instance = instance
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closing:
+            self.loop.call_soon(self._answer)
+
+    def _answer(self) -> None:
+        if not self.closing:
+            self.protocol.data_received(OK)
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.loop.call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class FakeNetLoop(asyncio.SelectorEventLoop):
+    """A loop whose clock (``now``) moves only when a test moves it; connects in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.sockets: list[FakeSocket] = []
+        self.refuse = 0  # refuse this many connects next
+
+    def time(self) -> float:
+        return self.now
+
+    async def create_connection(self, protocol_factory, host=None, port=None, **kwargs):
+        if self.refuse:
+            self.refuse -= 1
+            raise ConnectionRefusedError(f"{host}:{port} refused")
+        protocol = protocol_factory()
+        sock = FakeSocket(self, protocol, f"http://{host}:{port}")
+        self.sockets.append(sock)
+        protocol.connection_made(sock)
+        return sock, protocol
+
+    def open_sockets(self, instance: str | None = None) -> list[FakeSocket]:
+        return [s for s in self.sockets
+                if not s.closing and (instance is None or s.instance == instance)]
+
+    async def settle(self) -> None:
+        """Run until nothing but timers is left to run (the clock stands still)."""
+        for _ in range(10_000):
+            await asyncio.sleep(0)
+            if not self._ready:  # (asyncio's queue of callbacks to run now)
+                return
+        raise AssertionError("the loop never settled")
+
+
+def run_on_fake_net(test: Callable[[FakeNetLoop], Awaitable[None]]) -> None:
+    loop = FakeNetLoop()
+    try:
+        loop.run_until_complete(test(loop))
+    finally:  # (a failed check leaves calls behind: end them before the loop closes)
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.wait(left))
+        loop.close()
+
+
+def assert_no_call_waits_beside_a_free_slot(transport: H1Transport, loop: FakeNetLoop,
+                                            waiting: list[str], limit: int,
+                                            per_instance: int) -> None:
+    """At rest (where a call not finished is one waiting for a slot: the fake network
+    answers at once), the calls waiting (their instances: ``waiting``) have nothing they
+    could take: an idle connection to their instance, room for a new one, or an idle
+    connection to close to make that room; and the counts are the open connections."""
+    pools = transport._pools
+    for instance, pool in pools.items():
+        assert pool.count == len(loop.open_sockets(instance)), "a slot leaked"
+        assert all(not conn.lost for conn in pool.idle)
+    assert transport.open_connections == len(loop.open_sockets())
+    any_idle = any(pool.idle for pool in pools.values())
+    for instance in waiting:
+        pool = pools[instance]
+        assert not pool.idle, "a call waits beside an idle connection to its instance"
+        own_room = per_instance <= 0 or pool.count < per_instance
+        all_room = limit <= 0 or transport.open_connections < limit or any_idle
+        assert not (own_room and all_room), "a call waits while a slot is free"
+
+
+def test_a_waiter_that_times_out_once_handed_the_connection_passes_it_on() -> None:
+    # A releases the only connection in the very loop step in which B's deadline fires: B
+    # is handed the connection, then times out before it runs. C must get it.
+    async def scenario(loop: FakeNetLoop) -> None:
+        transport = H1Transport(max_connections=1)
+        url = INSTANCES[0]
+        holder = await transport.handle_async_stream(request(url))
+        b = loop.create_task(transport.handle_async_request(request(url, timeout=1.0)))
+        c = loop.create_task(transport.handle_async_request(request(url, timeout=None)))
+        await loop.settle()
+        assert len(transport._slot_waiters) == 2
+        loop.now += 1.0  # B's deadline: its timer runs in the next step, after this task
+        await asyncio.sleep(0)
+        await holder.aclose()  # hands the connection to B, whose timer then fires
+        await loop.settle()
+        assert b.done()
+        assert isinstance(b.exception(), UpstreamTimeoutError)
+        assert c.done()
+        assert (c.result().status, c.result().content) == (200, b"ok")
+        assert len(loop.sockets) == 1
+        await transport.aclose()
+
+    run_on_fake_net(scenario)
+
+
+def test_a_slot_the_first_waiter_cannot_use_still_serves_the_next_call() -> None:
+    # One connection per instance, two in all: A's and B's are busy, a second call to B
+    # waits (B's bound). A's connection comes back: the waiter for B cannot use it, and must
+    # not swallow it either (before the fix it was woken, closed A's idle connection to make
+    # room it still could not use, and went back to waiting, and the next call to A then
+    # waited for ever beside a free slot).
+    async def scenario(loop: FakeNetLoop) -> None:
+        transport = H1Transport(max_connections=2, max_connections_per_instance=1)
+        a, b = INSTANCES
+        on_a = await transport.handle_async_stream(request(a))
+        on_b = await transport.handle_async_stream(request(b))
+        second_b = loop.create_task(transport.handle_async_request(request(b, timeout=None)))
+        await loop.settle()
+        await on_a.aclose()
+        again_a = loop.create_task(transport.handle_async_request(request(a, timeout=None)))
+        await loop.settle()
+        assert again_a.done()
+        assert again_a.result().status == 200
+        assert not second_b.done()
+        await on_b.aclose()
+        await loop.settle()
+        assert second_b.done()
+        assert second_b.result().status == 200
+        assert len(loop.sockets) == 2
+        await transport.aclose()
+
+    run_on_fake_net(scenario)
+
+
+Op = tuple[str, int]
+#: What can happen, repeated by how often (hypothesis draws uniformly): ``call`` starts a
+#: call (its argument picks the instance and the timeout), ``release`` gives a response's
+#: connection back, ``cancel`` cancels a call not finished, ``server_close`` closes one open
+#: connection from the server's side, ``refuse`` makes the next connect fail, ``advance``
+#: moves the clock (timers due run at the next step), ``step`` runs the loop one step. The
+#: operations come in batches, each run without a loop step between its operations (unless
+#: it holds a ``step``) and followed by the loop settling and the check.
+_KINDS = (["call"] * 5 + ["release"] * 4 + ["cancel"] * 3 + ["step"] * 2 + ["advance"] * 2
+          + ["server_close", "refuse"])
+_BATCHES = st.lists(st.lists(st.tuples(st.sampled_from(_KINDS), st.integers(0, 5)),
+                             min_size=1, max_size=4), max_size=15)
+_TIMEOUTS = (None, 0.5, 2.0)
+_ADVANCES = (0.25, 1.0, 5.0)  # (5 s is past keepalive_expiry: idle connections expire)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(limit=st.integers(1, 3), per_instance=st.integers(0, 2), batches=_BATCHES)
+def test_no_call_waits_or_times_out_while_a_slot_is_free(
+    limit: int, per_instance: int, batches: list[list[Op]],
+) -> None:
+    # Any interleaving of calls (acquire), releases, cancellations, timeouts (the clock
+    # moved past deadlines), server-side closes and refused connects, with or without loop
+    # steps between them. At every point of rest no call waits while a slot it could use
+    # is free (a call that times out therefore never does beside a free slot), no slot
+    # leaks, and once every response is released every call has finished.
+    note(f"limit={limit} per_instance={per_instance} batches={batches}")
+
+    async def scenario(loop: FakeNetLoop) -> None:
+        transport = H1Transport(max_connections=limit, max_connections_per_instance=per_instance)
+        calls: list[asyncio.Task[StreamingResponse]] = []
+        instance_of: dict[int, str] = {}
+        released: set[int] = set()
+
+        def held() -> list[asyncio.Task[StreamingResponse]]:
+            return [t for t in calls if t.done() and not t.cancelled()
+                    and t.exception() is None and id(t) not in released]
+
+        async def release(task: asyncio.Task[StreamingResponse]) -> None:
+            released.add(id(task))
+            await task.result().aclose()  # (runs to the end without a loop step)
+
+        def check() -> None:
+            waiting = [instance_of[id(t)] for t in calls if not t.done()]
+            assert_no_call_waits_beside_a_free_slot(transport, loop, waiting, limit,
+                                                    per_instance)
+
+        for batch in batches:
+            for op, arg in batch:
+                if op == "call":
+                    instance, timeout = INSTANCES[arg % 2], _TIMEOUTS[arg // 2]
+                    calls.append(loop.create_task(
+                        transport.handle_async_stream(request(instance, timeout=timeout))))
+                    instance_of[id(calls[-1])] = instance
+                elif op == "release" and held():
+                    await release(held()[arg % len(held())])
+                elif op == "cancel":
+                    pending = [t for t in calls if not t.done()]
+                    if pending:
+                        pending[arg % len(pending)].cancel()
+                elif op == "server_close" and loop.open_sockets():
+                    sockets = loop.open_sockets()
+                    sockets[arg % len(sockets)].close()
+                elif op == "refuse":
+                    loop.refuse += 1
+                elif op == "advance":
+                    loop.now += _ADVANCES[arg % 3]
+                elif op == "step":
+                    await asyncio.sleep(0)
+            await loop.settle()
+            check()
+        await loop.settle()
+        check()
+        for _ in range(100):  # everything still waiting is served as the holders release
+            if all(t.done() for t in calls):
+                break
+            for task in held():
+                await release(task)
+            await loop.settle()
+            check()
+        assert all(t.done() for t in calls), "a call was never served"
+        for task in held():
+            await release(task)
+        for task in calls:
+            if not task.cancelled() and task.exception() is not None:
+                assert isinstance(task.exception(), (UpstreamTimeoutError,
+                                                     UpstreamConnectError,
+                                                     UpstreamResetError))
+        await loop.settle()
+        check()
+        await transport.aclose()
+        await loop.settle()
+        assert transport.open_connections == 0
+
+    run_on_fake_net(scenario)

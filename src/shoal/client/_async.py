@@ -17,7 +17,7 @@ from shoal.client._retry import RetryBudgetPolicy, RetryPolicy
 from shoal.client._shell import ClientBase
 from shoal.client._transport import AsyncTransport, Request, Response, StreamingResponse, Timeouts
 from shoal.client._upstream import Call, Fallback, Upstream, outcome_of
-from shoal.discovery import Resolver
+from shoal.discovery import Endpoint, EndpointListener, Resolver
 
 
 class AsyncClient(ClientBase):
@@ -28,6 +28,11 @@ class AsyncClient(ClientBase):
     is bounded by the incoming request's deadline and ``timeouts``, passes the service's
     bulkhead and circuit breaker, and is retried under ``retry`` and the client's retry budget.
     Use one client per process (``async with AsyncClient(...) as client``, or :meth:`aclose`).
+
+    Discovery updates arrive on the resolver's threads and are applied on the client's event
+    loop (the one its calls run on): handed over with ``call_soon_threadsafe``, and taken up
+    by the next attempt in any case (before the client's first call, or once its loop has
+    closed). No other thread changes the table while a call reads it.
     """
 
     def __init__(
@@ -70,6 +75,9 @@ class AsyncClient(ClientBase):
         self._stream_handle: Callable[[Request], Awaitable[StreamingResponse]] | None = getattr(
             transport, "handle_async_stream", None)
         self._sleep = asyncio.sleep  # tests swap it to observe backoff
+        #: The loop the calls run on, bound by the first call (again once it has closed):
+        #: where discovery updates are delivered.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def request(
         self,
@@ -92,6 +100,8 @@ class AsyncClient(ClientBase):
         :class:`UpstreamConnectError`, :class:`UpstreamTimeoutError` - unless ``fallback``
         covers it, in which case its response is returned with ``degraded`` set.
         """
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         upstream, call = self._new_call(
             method, url, headers=headers, content=content, json=json, timeout=timeout
         )
@@ -149,6 +159,8 @@ class AsyncClient(ClientBase):
         handle = self._stream_handle
         if handle is None:
             raise ConfigurationError("transport", "this transport cannot stream")
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         content: bytes | None = None
         stream: AsyncIterable[bytes] | None = None
         if body is None or isinstance(body, bytes):
@@ -241,6 +253,9 @@ class AsyncClient(ClientBase):
             fallback=fallback,
         )
 
+    def _listener(self, upstream: Upstream) -> EndpointListener:
+        return _LoopDelivery(self, upstream)
+
     async def aclose(self) -> None:
         """Stop following discovery and close pooled connections (idempotent)."""
         self._unsubscribe()
@@ -256,6 +271,40 @@ class AsyncClient(ClientBase):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class _LoopDelivery:
+    """Discovery's listener for one upstream of an async client, called on the resolver's
+    threads: stores the list (:meth:`Upstream.offer_endpoints`) and has the client's loop
+    apply it. On the loop's own thread it is applied at once. Without a loop to hand it
+    to (no call yet, or the loop has closed) it waits for the next attempt, which applies
+    it before choosing an instance (:meth:`Upstream.prepare_attempt`); a closed loop is
+    forgotten, so the next call binds its own."""
+
+    __slots__ = ("client", "upstream")
+
+    def __init__(self, client: AsyncClient, upstream: Upstream) -> None:
+        self.client = client
+        self.upstream = upstream
+
+    def __call__(self, endpoints: Sequence[Endpoint]) -> None:
+        upstream = self.upstream
+        upstream.offer_endpoints(endpoints)
+        loop = self.client._loop
+        if loop is None:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            upstream.apply_offered()
+            return
+        try:
+            loop.call_soon_threadsafe(upstream.apply_offered)
+        except RuntimeError:  # closed: the next attempt, on the next loop, applies it
+            if self.client._loop is loop:
+                self.client._loop = None
 
 
 _ERROR_BODY_LIMIT = 64 * 1024

@@ -59,14 +59,28 @@ class Pool:
         self.count = 0
 
     def forget(self, conn: H1Connection) -> None:
-        """A connection closed: it no longer counts, and its slot may go to a waiter."""
+        """A connection closed: it no longer counts, and its slot goes to a waiter."""
         if not conn.counted:
-            return  # still connecting: ``_connect`` accounts for it
+            return  # still connecting (``_connect`` accounts for it), or retired already
         conn.counted = False
         if conn in self.idle:
             self.idle.remove(conn)
-        self.count -= 1
+        self.owner.uncount(self)
         self.owner.slot_freed()
+
+
+class _SlotWaiter:
+    """A call queued for a connection to ``pool``'s instance. Its future is handed an idle
+    connection, or ``None``: room for a new connection, counted for it already. ``fresh``:
+    only a new connection will do (the resend after a stale one)."""
+
+    __slots__ = ("fresh", "future", "pool")
+
+    def __init__(self, future: asyncio.Future[H1Connection | None], pool: Pool,
+                 fresh: bool) -> None:
+        self.future = future
+        self.pool = pool
+        self.fresh = fresh
 
 
 class _Headers(Mapping[str, str]):
@@ -177,10 +191,14 @@ class H1Transport:
     ``max_connections`` bounds open connections in all (``0``: no bound) and
     ``max_connections_per_instance`` per instance; a call finding the bound reached closes an
     idle connection to another instance, or waits for one to be released (within its
-    timeout). Idle connections are closed after ``keepalive_expiry`` seconds unused (below
-    the servers' own keep-alive timeouts, so a request rarely meets a connection the server is
-    closing; a request that does, before any answer, is resent once on a new connection when
-    its method is idempotent and its body replayable).
+    timeout). Waiting calls are served first come first served, each freed slot handed to
+    the first one it fits (the released connection itself, or room for a new one, counted
+    for that call), so no call waits while a slot it could use is free; a call that leaves
+    after being handed one (cancelled, or timed out, before it ran) passes it on, as
+    asyncio's ``Semaphore`` does. Idle connections are closed after ``keepalive_expiry``
+    seconds unused (below the servers' own keep-alive timeouts, so a request rarely meets a
+    connection the server is closing; a request that does, before any answer, is resent
+    once on a new connection when its method is idempotent and its body replayable).
     """
 
     def __init__(
@@ -196,7 +214,10 @@ class H1Transport:
         self._per_instance = max_connections_per_instance
         self._expiry = keepalive_expiry
         self._pools: dict[str, Pool] = {}
-        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        #: Connections counted in all pools: open, or being opened for a call.
+        self._open = 0
+        #: Calls waiting for a slot, first come first served.
+        self._slot_waiters: deque[_SlotWaiter] = deque()
         self._closed = False
         #: The event loop the connections live on (a transport serves one loop at a time).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,8 +229,8 @@ class H1Transport:
 
     @property
     def open_connections(self) -> int:
-        """Connections open now, idle ones included."""
-        return sum(pool.count for pool in self._pools.values())
+        """Connections open now, idle ones included (and those being opened)."""
+        return self._open
 
     async def handle_async_request(self, request: Request) -> Response:
         """Send ``request`` and read the whole answer; errors as for :meth:`handle_async_stream`."""
@@ -320,9 +341,15 @@ class H1Transport:
     def release(self, conn: H1Connection, pool: Pool) -> None:
         if conn.finish() and not self._closed:
             pool.idle.append(conn)
-            self.slot_freed()
+            if self._slot_waiters:
+                self.slot_freed()
         elif not conn.lost:
             conn.close()
+
+    def uncount(self, pool: Pool) -> None:
+        """One connection of ``pool`` (or the room counted for one) no longer counts."""
+        pool.count -= 1
+        self._open -= 1
 
     def _drop_idle(self, pool: Pool) -> None:
         """Close every idle connection to ``pool``'s instance; their slots are free at once
@@ -355,70 +382,133 @@ class H1Transport:
             conn = None if fresh else self._take_idle(pool, loop)
             if conn is not None:
                 return conn, True
-            if self._has_room(pool):
-                return await self._connect(pool, loop, deadline, request), False
-            self._evict_idle()  # its slot frees once the close is accounted
-            await self._wait_for_slot(loop, deadline, request)
+            if not self._reserve(pool):
+                conn = await self._wait_for_slot(pool, loop, deadline, request, fresh)
+                if conn is not None:
+                    if conn.lost:
+                        continue  # closed while handed over (its slot went on then)
+                    return conn, True
+            return await self._connect(pool, loop, deadline, request), False
 
-    def _has_room(self, pool: Pool) -> bool:
-        if self._per_instance > 0 and pool.count >= self._per_instance:
-            return False
-        return self._limit <= 0 or self.open_connections < self._limit
+    def _reserve(self, pool: Pool) -> bool:
+        """Count a new connection to ``pool``'s instance if the bounds allow one, closing the
+        least recently used idle connection when that is what stands in the way (its slot is
+        free at once, not when the close completes)."""
+        per_instance = self._per_instance
+        if per_instance > 0 and pool.count >= per_instance:
+            if not pool.idle:
+                return False
+            self._retire(pool, pool.idle.pop(0))  # (only a fresh call leaves these idle)
+        elif self._limit > 0 and self._open >= self._limit:
+            other = self._pool_with_idle()
+            if other is None:
+                return False
+            self._retire(other, other.idle.pop(0))
+        pool.count += 1
+        self._open += 1
+        return True
 
-    def _evict_idle(self) -> None:
-        if self._limit <= 0:
-            return  # only the per-instance bound applies, and this instance has no idle one
+    def _pool_with_idle(self) -> Pool | None:
         for other in self._pools.values():
             if other.idle:
-                other.idle.pop(0).close()  # the least recently used
-                return
+                return other
+        return None
 
-    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop, deadline: float | None,
-                             request: Request) -> None:
-        waiter: asyncio.Future[None] = loop.create_future()
+    def _retire(self, pool: Pool, conn: H1Connection) -> None:
+        """Close an idle connection taken out of ``pool.idle``; its slot is free now."""
+        conn.close()
+        if conn.counted:
+            conn.counted = False  # (``connection_lost`` then finds it forgotten)
+            self.uncount(pool)
+
+    async def _wait_for_slot(self, pool: Pool, loop: asyncio.AbstractEventLoop,
+                             deadline: float | None, request: Request, fresh: bool,
+                             ) -> H1Connection | None:
+        """Queue until :meth:`slot_freed` hands this call an idle connection (returned) or
+        room for a new one (``None``: counted for it already). A call that leaves once it
+        was handed one (cancelled, or timed out, before it ran) passes it on."""
+        future: asyncio.Future[H1Connection | None] = loop.create_future()
+        waiter = _SlotWaiter(future, pool, fresh)
         self._slot_waiters.append(waiter)
         try:
             if deadline is None:
-                await waiter
-            else:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-        except TimeoutError as exc:
-            raise caused(UpstreamTimeoutError(
-                f"no connection to {request.instance} became free in time",
-                service=request.service, instance=request.instance,
-            ), exc) from exc
-        finally:
-            if waiter in self._slot_waiters:
+                return await future
+            async with asyncio.timeout_at(deadline):
+                return await future
+        except BaseException as exc:
+            if future.done() and not future.cancelled():
+                self._pass_on(pool, future.result())  # handed a slot it will not use
+            elif waiter in self._slot_waiters:
                 self._slot_waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise caused(UpstreamTimeoutError(
+                    f"no connection to {request.instance} became free in time",
+                    service=request.service, instance=request.instance,
+                ), exc) from exc
+            raise
+
+    def _pass_on(self, pool: Pool, handed: H1Connection | None) -> None:
+        """A waiter handed ``handed`` (``None``: counted room) left without it: the next
+        waiter gets it, or the pool."""
+        if handed is None:
+            self.uncount(pool)
+        elif handed.lost:
+            return  # closed meanwhile: its slot went on then
+        elif self._closed:
+            handed.close()  # (``connection_lost`` frees the slot)
+            return
+        else:
+            pool.idle.append(handed)
+        self.slot_freed()
 
     def slot_freed(self) -> None:
-        """A connection was released or closed: let one waiting call look again."""
-        while self._slot_waiters:
-            waiter = self._slot_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        """A connection was released or closed (or a connect failed, or a waiter left with
+        its slot): hand what is free to the waiting calls, first come first served, each
+        the first thing it fits (an idle connection to its instance, else room for a new
+        one). Stops at the first call nothing can serve when nothing is left to close."""
+        waiters = self._slot_waiters
+        if not waiters:
+            return
+        loop = self._loop
+        assert loop is not None  # (someone waits: a call ran on it)
+        unserved: list[_SlotWaiter] = []
+        while waiters:
+            waiter = waiters.popleft()
+            future = waiter.future
+            if future.done():
+                continue  # cancelled, and leaving (its task has yet to run)
+            pool = waiter.pool
+            conn = None if waiter.fresh else self._take_idle(pool, loop)
+            if conn is not None or self._reserve(pool):
+                future.set_result(conn)
+                continue
+            unserved.append(waiter)
+            if self._limit > 0 and self._open >= self._limit and self._pool_with_idle() is None:
+                break  # every connection is busy: nobody behind can be served either
+        if unserved:
+            waiters.extendleft(reversed(unserved))
 
     async def _connect(self, pool: Pool, loop: asyncio.AbstractEventLoop,
                        deadline: float | None, request: Request) -> H1Connection:
-        if self._closed:
-            raise UpstreamConnectError(f"transport closed; not connecting to {request.instance}",
-                                       service=request.service, instance=request.instance)
+        """A new connection to ``pool``'s instance, its slot counted already (by
+        :meth:`_reserve`); a failed connect frees the slot for the next waiter."""
         timeout = self._timeouts.connect
         if deadline is not None:
             left = deadline - loop.time()
             timeout = left if timeout is None else min(timeout, left)
         read = self._timeouts.read
-        pool.count += 1
         try:
+            if self._closed:
+                raise UpstreamConnectError(  # noqa: TRY301 - the slot is given back below
+                    f"transport closed; not connecting to {request.instance}",
+                    service=request.service, instance=request.instance)
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
                     lambda: H1Connection(pool, loop, read), pool.host, pool.port,
                     ssl=pool.ssl or None, server_hostname=pool.host if pool.ssl else None,
                 )
         except BaseException as exc:
-            pool.count -= 1
+            self.uncount(pool)
             self.slot_freed()
             if isinstance(exc, TimeoutError):
                 raise caused(UpstreamConnectError(f"connect to {request.instance} timed out",

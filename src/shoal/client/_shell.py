@@ -17,7 +17,7 @@ from shoal.client._outlier import OutlierPolicy
 from shoal.client._retry import RetryBudget, RetryBudgetPolicy, RetryPolicy
 from shoal.client._transport import Timeouts
 from shoal.client._upstream import Call, ClientSettings, Upstream, split_url
-from shoal.discovery import Resolver, Subscription, resolver_from_env
+from shoal.discovery import EndpointListener, Resolver, Subscription, resolver_from_env
 
 _JSON = "application/json"
 
@@ -59,15 +59,24 @@ class ClientBase:
         self._total = self.settings.timeouts.total
 
     def upstream(self, service: str) -> Upstream:
-        """The policy stack of ``service`` (created and subscribed to discovery on first use)."""
+        """The policy stack of ``service`` (created and subscribed to discovery on first use;
+        call it where the client's calls run: its event loop, or any thread for the sync
+        client)."""
         upstream = self._upstreams.get(service)
         if upstream is None:
             upstream = Upstream(
                 service, self.settings, budget=self.retry_budget, clock=self._clock, rng=self._rng
             )
-            self._subscriptions.append(self._resolver.subscribe(service, upstream.set_endpoints))
+            self._subscriptions.append(
+                self._resolver.subscribe(service, self._listener(upstream)))
+            upstream.apply_offered()  # the first table, before a call can read this upstream
             self._upstreams[service] = upstream
         return upstream
+
+    def _listener(self, upstream: Upstream) -> EndpointListener:
+        """What discovery calls, on its own threads, with ``upstream``'s endpoints: a store
+        the next attempt applies; the shells also deliver it to their own context."""
+        return upstream.offer_endpoints
 
     def _new_call(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -18,7 +18,7 @@ from shoal.client._retry import RetryBudgetPolicy, RetryPolicy
 from shoal.client._shell import ClientBase
 from shoal.client._transport import Response, SyncTransport, Timeouts
 from shoal.client._upstream import Call, Fallback, Upstream, outcome_of
-from shoal.discovery import Resolver
+from shoal.discovery import Endpoint, EndpointListener, Resolver
 
 
 class Client(ClientBase):
@@ -29,6 +29,10 @@ class Client(ClientBase):
     is bounded by the incoming request's deadline and ``timeouts``, passes the service's
     bulkhead and circuit breaker, and is retried under ``retry`` and the client's retry budget.
     Use one client per process (``with Client(...) as client``, or :meth:`close`).
+
+    Discovery updates arrive on the resolver's threads and are applied under the client's
+    lock: at once when it is free, else by the next attempt (a listener never waits for the
+    lock: a resolver may hold its own lock while it delivers).
     """
 
     def __init__(
@@ -68,7 +72,8 @@ class Client(ClientBase):
             transport = Urllib3Transport(timeouts=self.settings.timeouts)
         self._transport = transport
         self._sleep = time.sleep  # tests swap it to observe backoff
-        self._lock = threading.Lock()
+        # Re-entrant: the first table is delivered inside ``upstream()``, under the lock.
+        self._lock = threading.RLock()
 
     def request(
         self,
@@ -190,6 +195,14 @@ class Client(ClientBase):
             fallback=fallback,
         )
 
+    def upstream(self, service: str) -> Upstream:
+        """The policy stack of ``service`` (created and subscribed on first use)."""
+        with self._lock:
+            return super().upstream(service)
+
+    def _listener(self, upstream: Upstream) -> EndpointListener:
+        return _LockedDelivery(self._lock, upstream)
+
     def close(self) -> None:
         """Stop following discovery and close pooled connections (idempotent)."""
         self._unsubscribe()
@@ -205,3 +218,26 @@ class Client(ClientBase):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _LockedDelivery:
+    """Discovery's listener for one upstream of a sync client, called on the resolver's
+    threads: stores the list (:meth:`Upstream.offer_endpoints`) and applies it under the
+    client's lock if that is free now; if a call holds it, the next attempt applies it
+    (:meth:`Upstream.prepare_attempt`, under the lock). Never blocks: a resolver may hold
+    its own lock while it delivers, and a call may be waiting for that one."""
+
+    __slots__ = ("lock", "upstream")
+
+    def __init__(self, lock: threading.RLock, upstream: Upstream) -> None:
+        self.lock = lock
+        self.upstream = upstream
+
+    def __call__(self, endpoints: Sequence[Endpoint]) -> None:
+        upstream = self.upstream
+        upstream.offer_endpoints(endpoints)
+        if self.lock.acquire(blocking=False):
+            try:
+                upstream.apply_offered()
+            finally:
+                self.lock.release()

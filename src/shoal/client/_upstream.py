@@ -11,6 +11,12 @@ balancer, outlier detection, the breaker and the bulkhead, plus pre-labelled met
           delay = upstream.after_response(call, response)  /  upstream.after_error(call, exc)
           None → done; else sleep(delay) and loop
     finally: upstream.end_call(call, outcome)
+
+Discovery's threads never touch the policy state: their listener
+(:meth:`Upstream.offer_endpoints`) only stores the latest endpoint list, and the client
+applies it in its own context (:meth:`Upstream.apply_offered`: the async client on its
+event loop, the sync client under its lock), at the latest when the next attempt chooses
+its instance.
 """
 
 from __future__ import annotations
@@ -254,14 +260,33 @@ class Upstream:
         self._ejections = CLIENT_EJECTIONS.labels(caller, name)
         self._ejected = CLIENT_EJECTED_INSTANCES.labels(caller, name)
         self._retries: dict[str, Counter] = {}
+        #: The latest endpoint list discovery offered (stored from any thread) and the one
+        #: applied to ``table`` (in the client's own context); compared by identity.
+        self._offered: tuple[Endpoint, ...] = ()
+        self._applied: tuple[Endpoint, ...] = ()
 
     def _bulkhead_in_flight(self) -> float:
         return self.bulkhead.in_flight
 
     # -- discovery ---------------------------------------------------------------------------
 
+    def offer_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """Discovery's listener, from any thread: keep ``endpoints`` as the latest list (one
+        reference stored: no lock, never blocks). Nothing changes until the client applies
+        it (:meth:`apply_offered`)."""
+        self._offered = tuple(endpoints)
+
+    def apply_offered(self) -> None:
+        """Apply the latest offered list unless it is applied already. Only in the client's
+        own context: on its event loop (async), under its lock (sync)."""
+        offered = self._offered
+        if offered is not self._applied:
+            self._applied = offered
+            self.set_endpoints(offered)
+
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
-        """Resolver listener: replace the instance table (instances that remain keep state)."""
+        """Replace the instance table now (instances that remain keep state). Only in the
+        client's own context, as :meth:`apply_offered`."""
         self.table.update(endpoint.url for endpoint in endpoints)
         for event in self.outlier.enforce_limit():
             self._on_ejection(event)
@@ -295,6 +320,8 @@ class Upstream:
         (breaker rejects a first attempt; a rejected retry re-raises the last error) or
         :class:`NoHealthyInstanceError`.
         """
+        if self._offered is not self._applied:  # a discovery update not applied yet
+            self.apply_offered()
         now = time.monotonic()
         left = None
         if call.deadline is not None:

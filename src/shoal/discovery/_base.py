@@ -29,7 +29,9 @@ class Endpoint:
 
 
 #: Called with the complete current endpoint list of a service, immediately on subscription
-#: and again after every change. Must be cheap and must not block.
+#: (on the subscribing thread) and again after every change (on the resolver's own thread).
+#: Must be cheap, must not block, and must be safe on any thread: Shoal's clients only store
+#: the list there and apply it on their own loop or under their own lock (docs/discovery.md).
 EndpointListener = Callable[[Sequence[Endpoint]], None]
 
 

@@ -3,12 +3,14 @@
 ::
 
     resolver = EtcdResolver("etcd+http://127.0.0.1:2379,127.0.0.1:22379")
-    resolver.subscribe("users", upstream.set_endpoints)
+    resolver.subscribe("users", upstream.offer_endpoints)
 
 A daemon thread owns the table. It lists every key under ``{root}/services/`` once, then
 watches the prefix from the next revision, so no change is missed or seen twice. A broken
 stream (member killed, leader lost, idle timeout) is reopened on the next member from the last
 revision seen; only a compacted revision makes it list again. Requests never wait on etcd.
+Listeners are called on that thread (a client applies the list on its own loop or under its
+lock: docs/discovery.md, "Where an update is applied").
 """
 
 from __future__ import annotations
