@@ -332,22 +332,24 @@ async def test_reading_pauses_while_the_consumer_lags() -> None:
         await transport.aclose()
 
 
+class Gone(Exception):
+    """What a caller's streamed body raises when the caller goes away."""
+
+
+async def failing_body() -> AsyncIterator[bytes]:
+    yield b"a"
+    raise Gone
+
+
+async def read_to_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read()
+
+
 async def test_a_failing_request_body_is_a_reset_error_caused_by_it() -> None:
     transport = H1Transport()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()
-
-    class Gone(Exception):
-        pass
-
-    async def body() -> AsyncIterator[bytes]:
-        yield b"a"
-        raise Gone
-
-    async with Server(handler) as server:
+    async with Server(read_to_eof) as server:
         req = request(server.url, "POST")
-        req.stream = body()
+        req.stream = failing_body()
         with pytest.raises(UpstreamResetError) as info:
             await transport.handle_async_stream(req)
         assert isinstance(info.value.__cause__, Gone)
@@ -356,17 +358,7 @@ async def test_a_failing_request_body_is_a_reset_error_caused_by_it() -> None:
 async def test_request_bodies_that_fail_count_neither_for_the_breaker_nor_for_ejection() -> None:
     # The caller leaving (its streamed body raising) is not the upstream failing: were each
     # counted as a failure, five would open the breaker and eject the instance.
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()
-
-    class Gone(Exception):
-        pass
-
-    async def body() -> AsyncIterator[bytes]:
-        yield b"a"
-        raise Gone
-
-    async with Server(handler) as server:
+    async with Server(read_to_eof) as server:
         client = AsyncClient(
             service="t", transport=H1Transport(),
             resolver=StaticResolver({"users": [server.url]}),
@@ -375,7 +367,7 @@ async def test_request_bodies_that_fail_count_neither_for_the_breaker_nor_for_ej
         )
         for _ in range(20):
             with pytest.raises(RequestBodyError) as info:
-                await client.stream("POST", "http://users/x", body=body())
+                await client.stream("POST", "http://users/x", body=failing_body())
             assert isinstance(info.value.__cause__, Gone)
         upstream = client.upstream("users")
         assert upstream.breaker.state is BreakerState.CLOSED
