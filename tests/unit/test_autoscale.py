@@ -9,14 +9,7 @@ from hypothesis import strategies as st
 from shoal.platform._autoscale import AutoscalePolicy, HpaAutoscaler
 from shoal.platform._autoscaling import Autoscaling, interval_from_env
 from shoal.platform.spec import Autoscale, Service
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from shoal.testing import FakeClock
 
 
 def scaler(window: float = 300.0, step: int = 4, lo: int = 1, hi: int = 10,

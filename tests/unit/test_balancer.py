@@ -10,15 +10,7 @@ from hypothesis import strategies as st
 
 from shoal.client import InstanceTable, LeastOutstandingBalancer, RoundRobinBalancer
 from shoal.client._balancer import LATENCY_STALE_AFTER
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
+from shoal.testing import FakeClock
 
 URLS = [f"http://127.0.0.1:{8000 + i}" for i in range(5)]
 

@@ -25,6 +25,7 @@ from shoal.platform.gateway import (
 )
 from shoal.platform.gateway._routes import has_dot_segment
 from shoal.platform.spec import Route, RouteAuth
+from shoal.testing import FakeClock
 
 SECRET = "unit-secret-that-is-at-least-32-bytes!"
 
@@ -107,16 +108,8 @@ def test_response_headers_keep_repeats_and_drop_connection_named() -> None:
     assert out == [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"content-length", b"3")]
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_token_bucket_allows_bursts_then_refills_at_the_rate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     buckets = TokenBuckets(rate=2.0, burst=3, clock=clock)
     assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert buckets.take("a") == pytest.approx(0.5)
@@ -132,7 +125,7 @@ def test_token_bucket_allows_bursts_then_refills_at_the_rate() -> None:
 def test_token_bucket_never_admits_more_than_burst_plus_rate_times_time(
     steps: list[float],
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     buckets = TokenBuckets(rate=1.0, burst=2, clock=clock)
     admitted = 0
     for step in steps:
@@ -142,7 +135,7 @@ def test_token_bucket_never_admits_more_than_burst_plus_rate_times_time(
 
 
 def test_token_buckets_stay_bounded_under_many_clients() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     buckets = TokenBuckets(rate=1.0, burst=1, clock=clock, max_keys=100)
     for i in range(1000):
         buckets.take(f"client-{i}")

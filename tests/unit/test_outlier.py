@@ -8,14 +8,7 @@ from hypothesis import strategies as st
 
 from shoal._errors import ConfigurationError
 from shoal.client import InstanceTable, OutlierDetector, OutlierPolicy
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from shoal.testing import FakeClock
 
 
 def make(n: int, **policy):

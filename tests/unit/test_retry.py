@@ -11,14 +11,7 @@ from hypothesis import strategies as st
 from shoal._errors import ConfigurationError
 from shoal.client import RetryBudget, RetryBudgetPolicy, RetryPolicy, parse_retry_after
 from shoal.client._retry import is_idempotent
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from shoal.testing import FakeClock
 
 
 def test_only_idempotent_methods_or_keyed_requests_are_retryable():
