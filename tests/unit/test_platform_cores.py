@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from shoal.platform._backoff import RestartBackoff
 from shoal.platform._environ import inherited
 from shoal.platform._registry import READY, UNREADY, InstanceRecord, Registry
+from shoal.testing import FakeClock
 
 
 def test_restart_delay_doubles_up_to_the_maximum():
@@ -32,6 +33,27 @@ def test_crash_loop_needs_three_crashes_within_the_window():
     assert backoff.crash_looping
     backoff.delay(200.0)
     assert not backoff.crash_looping
+
+
+def test_the_reset_needs_the_full_uptime_measured_on_the_clock_passed_in():
+    clock = FakeClock()
+    backoff = RestartBackoff(base=0.5, reset_after=60)
+    backoff.started(clock())
+    clock.advance(1)
+    assert backoff.delay(clock()) == 0.5
+    backoff.started(clock())
+    clock.advance(59.9)
+    assert backoff.delay(clock()) == 1.0  # up 59.9 s: still backing off
+    backoff.started(clock())
+    clock.advance(60)
+    assert backoff.delay(clock()) == 0.5  # up 60 s: starts over
+
+
+def test_a_replica_that_crash_loops_for_thousands_of_restarts_still_waits_the_maximum():
+    backoff = RestartBackoff(base=0.5, maximum=30, loop_window=1)
+    delays = [backoff.delay(float(t)) for t in range(5000)]
+    assert delays[-1] == 30
+    assert max(delays) == 30
 
 
 @given(st.lists(st.floats(min_value=0, max_value=10_000), max_size=50))

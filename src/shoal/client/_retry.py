@@ -19,6 +19,7 @@ import email.utils
 import math
 from dataclasses import dataclass, field
 
+from shoal._backoff import full_jitter
 from shoal._errors import ConfigurationError
 from shoal.client._balancer import Clock
 
@@ -65,8 +66,7 @@ class RetryPolicy:
     def backoff(self, retry: int, jitter: float) -> float:
         """Delay before retry number ``retry`` (1 for the first), given ``jitter`` in [0, 1):
         uniform over ``[0, min(backoff_max, backoff_initial x 2^(retry-1)))`` (full jitter)."""
-        ceiling = min(self.backoff_max, self.backoff_initial * 2.0 ** min(retry - 1, 62))
-        return jitter * ceiling
+        return full_jitter(retry, base=self.backoff_initial, cap=self.backoff_max, jitter=jitter)
 
 
 def is_idempotent(method: str, has_idempotency_key: bool) -> bool:

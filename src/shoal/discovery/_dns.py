@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import dns.exception
 import dns.resolver
 
+from shoal._backoff import exponential
 from shoal._errors import ConfigurationError
 from shoal._logging import get_logger
 from shoal.discovery._base import Endpoint, EndpointListener
@@ -270,8 +271,9 @@ class DnsResolver:
             with self._cond:
                 watched = self._watched[service]
                 watched.failures += 1
-                backoff = self.options.min_interval * 2 ** min(watched.failures, 10)
-                watched.due = self._clock() + min(backoff, self.options.interval)
+                watched.due = self._clock() + exponential(
+                    watched.failures, base=self.options.min_interval,
+                    cap=self.options.interval, max_step=10)
             _log.warning("discovery.dns_failed", service=service, name=name, error=str(exc))
             return
         o = self.options

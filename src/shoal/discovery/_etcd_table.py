@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
+from shoal._backoff import full_jitter
 from shoal._errors import ConfigurationError
 from shoal.discovery._base import Endpoint
 
@@ -260,6 +261,4 @@ class EndpointTable:
 def reconnect_delay(attempt: int, *, base: float, cap: float, jitter: float) -> float:
     """Full-jitter exponential backoff: ``jitter`` (uniform in [0, 1)) times
     ``min(cap, base * 2 ** (attempt - 1))``; 0 before the first failure."""
-    if attempt <= 0:
-        return 0.0
-    return jitter * min(cap, base * 2.0 ** min(attempt - 1, 30))
+    return full_jitter(attempt, base=base, cap=cap, jitter=jitter, max_step=30)

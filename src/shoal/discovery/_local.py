@@ -18,6 +18,7 @@ import threading
 from collections.abc import Sequence
 from urllib.parse import quote, urlsplit
 
+from shoal._backoff import exponential
 from shoal._errors import ConfigurationError
 from shoal._logging import get_logger
 from shoal.discovery._base import Endpoint, EndpointListener
@@ -84,14 +85,14 @@ class _Watch:
             listener(table)
 
     def _loop(self) -> None:
-        delay = 0.1
+        failures = 0
         while not self.resolver.closed.is_set():
             if self.fetch(self.resolver.wait, self.resolver.wait + 10):
-                delay = 0.1
+                failures = 0
                 continue
             # Keep the last table: a control-plane hiccup must not empty every client's table.
-            self.resolver.closed.wait(delay)
-            delay = min(delay * 2, 2.0)
+            self.resolver.closed.wait(exponential(failures, base=0.1, cap=2.0))
+            failures += 1
 
     def add(self, listener: EndpointListener) -> Sequence[Endpoint]:
         with self.lock:

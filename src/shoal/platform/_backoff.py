@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shoal._backoff import exponential
+
 
 @dataclass
 class RestartBackoff:
@@ -31,7 +33,7 @@ class RestartBackoff:
     def delay(self, now: float) -> float:
         if self._started is not None and now - self._started >= self.reset_after:
             self._attempt = 0
-        delay = min(self.maximum, self.base * self.factor**self._attempt)
+        delay = exponential(self._attempt, base=self.base, cap=self.maximum, factor=self.factor)
         self._attempt += 1
         self._crashes = [t for t in self._crashes if now - t < self.loop_window] + [now]
         return delay
