@@ -18,8 +18,10 @@ from shoal._errors import (
     DeadlineExceededError,
     NoHealthyInstanceError,
     UpstreamConnectError,
+    UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
+    UpstreamTransportError,
 )
 from shoal._logging import capture_logs
 from shoal._metrics import REGISTRY
@@ -168,6 +170,21 @@ async def test_connect_failure_is_retried_for_any_method_but_a_reset_only_if_ide
         await client.post("http://users/o", content=b"x")
     assert info.value.attempts == 1
     with pytest.raises(UpstreamResetError) as info:
+        await client.get("http://users/o")
+    assert info.value.attempts == 3
+
+
+@pytest.mark.parametrize("error", [UpstreamTransportError, UpstreamError])
+async def test_a_transport_failure_that_is_no_connect_error_is_retried_only_if_idempotent(error):
+    # (a custom transport's error that does not say nothing was sent: it may have been applied)
+    def fail(request: Request) -> Response:
+        raise error("broke", service="users", instance=request.instance)
+
+    client = make_client(fail)
+    with pytest.raises(error) as info:
+        await client.post("http://users/o", content=b"x")
+    assert info.value.attempts == 1
+    with pytest.raises(error) as info:
         await client.get("http://users/o")
     assert info.value.attempts == 3
 

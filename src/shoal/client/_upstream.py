@@ -428,7 +428,9 @@ class Upstream:
             self._finish_attempt(call, True)
             raise exc
         self._finish_attempt(call, True)
-        retryable = call.idempotent or not isinstance(exc, UpstreamResetError)
+        # Only a failed connect proves the service never saw the request; after a reset (or
+        # any other transport failure) it may have acted on it: retry idempotent calls only.
+        retryable = call.idempotent or isinstance(exc, UpstreamConnectError)
         reason = "reset" if isinstance(exc, UpstreamResetError) else "connect_error"
         delay = self._retry_delay(call, exc, reason, None) if retryable else None
         if delay is None:
