@@ -33,11 +33,13 @@ from shoal.client import (
     MockTransport,
     OutlierPolicy,
     Request,
+    RequestBodyError,
     Response,
     RetryBudgetPolicy,
     RetryPolicy,
     UpstreamResetError,
 )
+from shoal.client._upstream import outcome_of
 from shoal.discovery import Endpoint, StaticResolver
 
 A, B, C = (f"http://127.0.0.1:{port}" for port in (8001, 8002, 8003))
@@ -187,6 +189,12 @@ async def test_a_transport_failure_that_is_no_connect_error_is_retried_only_if_i
     with pytest.raises(error) as info:
         await client.get("http://users/o")
     assert info.value.attempts == 3
+
+
+def test_every_transport_failure_is_a_connect_error_outcome_but_a_failing_body_is_cancelled():
+    for error in (UpstreamConnectError, UpstreamResetError, UpstreamTransportError):
+        assert outcome_of(error("x", service="users")) == "connect_error"
+    assert outcome_of(RequestBodyError("x", service="users")) == "cancelled"
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 422])

@@ -41,6 +41,7 @@ from shoal._errors import (
     UpstreamResetError,
     UpstreamStatusError,
     UpstreamTimeoutError,
+    UpstreamTransportError,
     caused,
 )
 from shoal._logging import get_logger
@@ -101,6 +102,7 @@ _OUTCOME_OF: dict[type[BaseException], str] = {
     UpstreamStatusError: "server_error",
     UpstreamConnectError: "connect_error",
     UpstreamResetError: "connect_error",
+    UpstreamTransportError: "connect_error",  # (a custom transport's own)
     UpstreamTimeoutError: "timeout",
     DeadlineExceededError: "deadline_exceeded",
     CircuitOpenError: "circuit_open",
