@@ -23,8 +23,10 @@ from shoal._errors import (
     ShoalError,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamResetError,
     UpstreamStatusError,
     UpstreamTimeoutError,
+    UpstreamTransportError,
 )
 from shoal._logging import Logger, configure_logging, get_logger
 from shoal._settings import Settings
@@ -45,8 +47,10 @@ __all__ = [
     "TraceContext",
     "UpstreamConnectError",
     "UpstreamError",
+    "UpstreamResetError",
     "UpstreamStatusError",
     "UpstreamTimeoutError",
+    "UpstreamTransportError",
     "configure_logging",
     "current_deadline",
     "current_request_id",

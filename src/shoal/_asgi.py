@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from shoal._chaos import CHAOS_HEADER_NAME, ChaosAbort, delayed_decision, poller_from_env
+from shoal._chaos import CHAOS_HEADER_NAME, delayed_decision, poller_from_env
 from shoal._chassis import PROBE_PATHS, UNMATCHED_ROUTE, Chassis
 from shoal._context import REQUEST_ID, enter_request, incoming_context
 from shoal._logging import get_logger
@@ -131,12 +131,14 @@ class ShoalMiddleware:
         if fault is None:
             return False
         if fault.abort:
-            # Headers promising a body that never comes, then the server drops the connection
-            # (uvicorn closes the transport when the app raises after the response started).
+            # Headers promising a body that never comes, then the server drops the connection:
+            # uvicorn closes the transport when the app returns with the response incomplete.
+            # (Returning, not raising: no exception handler of the app takes the fault for an
+            # error of its own.)
             await send({"type": "http.response.start", "status": 500,
                         "headers": [(b"content-length", b"64"),
                                     (CHAOS_HEADER_NAME, b"abort")]})
-            raise ChaosAbort
+            return True
         if fault.status is not None:
             await _send_bytes(
                 send, fault.status,

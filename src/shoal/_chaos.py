@@ -46,13 +46,6 @@ POLL_INTERVAL = 0.5
 _log = get_logger("shoal.chaos")
 
 
-class ChaosAbort(BaseException):
-    """Raised by the ASGI layer to make the server drop the connection mid-response.
-
-    A ``BaseException`` so the middleware's 500 safety net does not turn it into an answer.
-    """
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FaultRule:
     """One fault for one service (or one of its instances), until ``expires_at``.

@@ -10,11 +10,16 @@
         ├── CircuitOpenError        the service's breaker is open: failing fast
         ├── BulkheadFullError       too many concurrent calls to the service: failing fast
         ├── DeadlineExceededError   the request's deadline is spent
-        ├── UpstreamConnectError    connecting or sending failed before any response
-        │   └── UpstreamResetError  the connection broke after the request may have been sent
-        │       └── RequestBodyError  the caller's own streamed body failed (not the service)
+        ├── UpstreamTransportError  the exchange with the instance failed at the transport level
+        │   ├── UpstreamConnectError  nothing was sent: connecting failed (always safe to retry)
+        │   └── UpstreamResetError    the connection broke after the request may have been sent
+        ├── RequestBodyError        the caller's own streamed body failed (not the service)
         ├── UpstreamTimeoutError    the connect/read/total timeout elapsed
         └── UpstreamStatusError     the service answered with an error status (kept response data)
+
+The errors other packages define derive from :class:`ShoalError` too: ``SpecError`` (an invalid
+platform spec), ``PlatformError`` and ``RolloutError`` (the local platform), ``EtcdError``
+(etcd discovery) and ``AuthError`` (a request refused by the gateway's JWT check).
 """
 
 from __future__ import annotations
@@ -118,22 +123,34 @@ class DeadlineExceededError(UpstreamError):
     """The deadline of the current request is spent; no further attempt is made."""
 
 
-class UpstreamConnectError(UpstreamError):
-    """Connecting or sending the request failed before any response byte arrived."""
+class UpstreamTransportError(UpstreamError):
+    """The exchange with the instance failed at the transport level, before a response.
 
-
-class UpstreamResetError(UpstreamConnectError):
-    """The connection closed or reset after the request may have been sent, before a response.
-
-    Unlike a plain :class:`UpstreamConnectError` (nothing reached the service), the service may
-    have acted on the request, so only idempotent requests are retried after it.
+    Catch it to handle both of its kinds alike; they differ in whether the service may have
+    acted on the request: :class:`UpstreamConnectError` (nothing was sent) and
+    :class:`UpstreamResetError` (the request may have been applied).
     """
 
 
-class RequestBodyError(UpstreamResetError):
+class UpstreamConnectError(UpstreamTransportError):
+    """Connecting to the instance failed: no byte of the request was sent.
+
+    The service cannot have acted on the request, so every request is retried after it.
+    """
+
+
+class UpstreamResetError(UpstreamTransportError):
+    """The connection closed or reset after the request may have been sent, before a response.
+
+    Unlike :class:`UpstreamConnectError`, the service may have acted on the request, so only
+    idempotent requests are retried after it.
+    """
+
+
+class RequestBodyError(UpstreamError):
     """The request's streamed body raised (its ``__cause__``): the caller left or sent a bad
-    body. The service is not at fault: the call is neither retried nor counted against it
-    (breaker, outlier ejection)."""
+    body. The service is not at fault, so this is no transport error of the instance: the
+    call is neither retried nor counted against the service (breaker, outlier ejection)."""
 
 
 class UpstreamTimeoutError(UpstreamError):

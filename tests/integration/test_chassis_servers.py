@@ -10,6 +10,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -199,6 +201,65 @@ def test_a_client_that_leaves_mid_body_is_no_server_error(server):
         assert not any(status.startswith("5") for status in statuses)
     assert not [ln for ln in server.log_lines() if ln.get("event") == "request.failed"
                 and ln.get("path") == "/raw"]
+
+
+@pytest.fixture
+def aborting_control_plane() -> Iterator[str]:
+    """A stand-in control plane whose fault board aborts every request (``shoal chaos abort``)."""
+    board = json.dumps({"rules": [{"kind": "abort", "rate": 1, "expires_in": 120}]}).encode()
+
+    class Board(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(board)))
+            self.end_headers()
+            self.wfile.write(board)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Board)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def raw_get(url: str, path: str) -> bytes:
+    """Everything the server sends for one ``GET`` until it closes the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n".encode())
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize("framework", sorted(APPS))
+def test_an_injected_abort_drops_the_connection_without_an_answer(
+    framework, shoal_server, aborting_control_plane
+):
+    srv = shoal_server(APPS[framework], service=f"chaos-{framework}",
+                       env={"SHOAL_CHAOS": "1", "SHOAL_CONTROL_URL": aborting_control_plane})
+    # (until the replica's first poll of the fault board, requests are answered)
+    wait_until(lambda: b"200 OK" not in raw_get(srv.url, "/hello"), timeout=20,
+               what="the abort rule applied")
+    for _ in range(3):
+        received = raw_get(srv.url, "/hello")
+        head, _, body = received.partition(b"\r\n\r\n")
+        # Nothing, or headers promising 64 bytes that never come: never a complete answer.
+        if received:
+            assert b"shoal-chaos: abort" in head.lower()
+            assert b"content-length: 64" in head.lower()
+            assert len(body) < 64
+    assert not [ln for ln in srv.log_lines() if ln.get("event") == "request.failed"]
+    assert call(srv.url + "/livez")[0] == 200  # (probes are never faulted)
 
 
 def test_spent_deadline_is_refused_with_504(server):

@@ -18,8 +18,10 @@ from shoal._errors import (
     DeadlineExceededError,
     NoHealthyInstanceError,
     UpstreamConnectError,
+    UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
+    UpstreamTransportError,
 )
 from shoal._logging import capture_logs
 from shoal._metrics import REGISTRY
@@ -31,11 +33,13 @@ from shoal.client import (
     MockTransport,
     OutlierPolicy,
     Request,
+    RequestBodyError,
     Response,
     RetryBudgetPolicy,
     RetryPolicy,
     UpstreamResetError,
 )
+from shoal.client._upstream import outcome_of
 from shoal.discovery import Endpoint, StaticResolver
 
 A, B, C = (f"http://127.0.0.1:{port}" for port in (8001, 8002, 8003))
@@ -170,6 +174,27 @@ async def test_connect_failure_is_retried_for_any_method_but_a_reset_only_if_ide
     with pytest.raises(UpstreamResetError) as info:
         await client.get("http://users/o")
     assert info.value.attempts == 3
+
+
+@pytest.mark.parametrize("error", [UpstreamTransportError, UpstreamError])
+async def test_a_transport_failure_that_is_no_connect_error_is_retried_only_if_idempotent(error):
+    # (a custom transport's error that does not say nothing was sent: it may have been applied)
+    def fail(request: Request) -> Response:
+        raise error("broke", service="users", instance=request.instance)
+
+    client = make_client(fail)
+    with pytest.raises(error) as info:
+        await client.post("http://users/o", content=b"x")
+    assert info.value.attempts == 1
+    with pytest.raises(error) as info:
+        await client.get("http://users/o")
+    assert info.value.attempts == 3
+
+
+def test_every_transport_failure_is_a_connect_error_outcome_but_a_failing_body_is_cancelled():
+    for error in (UpstreamConnectError, UpstreamResetError, UpstreamTransportError):
+        assert outcome_of(error("x", service="users")) == "connect_error"
+    assert outcome_of(RequestBodyError("x", service="users")) == "cancelled"
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 422])

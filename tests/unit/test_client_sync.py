@@ -7,7 +7,13 @@ import threading
 import pytest
 
 from shoal._context import deadline_scope
-from shoal._errors import BulkheadFullError, CircuitOpenError, UpstreamStatusError
+from shoal._errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    UpstreamConnectError,
+    UpstreamResetError,
+    UpstreamStatusError,
+)
 from shoal.client import (
     BreakerPolicy,
     BulkheadPolicy,
@@ -32,6 +38,26 @@ def make_client(handler, **kwargs) -> Client:
     )
     client._sleep = lambda delay: None  # type: ignore[method-assign]
     return client
+
+
+def test_a_connect_error_is_retried_for_any_method_but_a_reset_only_if_idempotent():
+    def refuse(request: Request) -> Response:
+        if request.instance == A:
+            raise UpstreamConnectError("refused", service="users", instance=A)
+        return Response(201)
+
+    assert make_client(refuse).post("http://users/o", content=b"x").status == 201
+
+    def reset(request: Request) -> Response:
+        raise UpstreamResetError("reset", service="users", instance=request.instance)
+
+    client = make_client(reset)
+    with pytest.raises(UpstreamResetError) as info:
+        client.post("http://users/o", content=b"x")
+    assert info.value.attempts == 1
+    with pytest.raises(UpstreamResetError) as info:
+        client.get("http://users/o")
+    assert info.value.attempts == 3
 
 
 def test_retry_goes_to_the_other_instance_and_headers_carry_the_deadline():

@@ -13,7 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal._errors import ConfigurationError
+from shoal._errors import (
+    ConfigurationError,
+    UpstreamConnectError,
+    UpstreamResetError,
+    UpstreamTransportError,
+)
 from shoal.platform.gateway import (
     AuthError,
     RouteTable,
@@ -23,6 +28,7 @@ from shoal.platform.gateway import (
     forward_response_headers,
     mint_token,
 )
+from shoal.platform.gateway._proxy import _problem_for
 from shoal.platform.gateway._routes import has_dot_segment
 from shoal.platform.spec import Route, RouteAuth
 from shoal.testing import FakeClock
@@ -232,3 +238,15 @@ def test_mint_token_rejects_bad_arguments() -> None:
         mint_token(SECRET, subject="a", scopes=[], ttl=0)
     with pytest.raises(ConfigurationError):
         mint_token(SECRET, subject="a", scopes=[], ttl=10, algorithm="HS512")
+
+
+def test_a_failed_connect_and_a_reset_are_502s_that_say_what_happened() -> None:
+    route = table({"prefix": "/api", "service": "users"}).match("/api/x")
+    assert route is not None
+    connect = UpstreamConnectError("refused", service="users")
+    reset = UpstreamResetError("reset", service="users")
+    transport = UpstreamTransportError("broke", service="users")
+    assert _problem_for(connect, route) == (502, "users could not be reached.", None)
+    assert _problem_for(reset, route) == (
+        502, "users closed the connection before answering.", None)
+    assert _problem_for(transport, route) == (502, "users failed.", None)

@@ -16,6 +16,7 @@ from shoal._errors import (
     UpstreamConnectError,
     UpstreamResetError,
     UpstreamTimeoutError,
+    UpstreamTransportError,
 )
 from shoal.client import (
     AsyncClient,
@@ -345,14 +346,15 @@ async def read_to_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     await reader.read()
 
 
-async def test_a_failing_request_body_is_a_reset_error_caused_by_it() -> None:
+async def test_a_failing_request_body_is_a_request_body_error_caused_by_it_not_a_reset() -> None:
     transport = H1Transport()
     async with Server(read_to_eof) as server:
         req = request(server.url, "POST")
         req.stream = failing_body()
-        with pytest.raises(UpstreamResetError) as info:
+        with pytest.raises(RequestBodyError) as info:
             await transport.handle_async_stream(req)
         assert isinstance(info.value.__cause__, Gone)
+        assert not isinstance(info.value, UpstreamTransportError)  # (not the service's fault)
 
 
 async def test_request_bodies_that_fail_count_neither_for_the_breaker_nor_for_ejection() -> None:

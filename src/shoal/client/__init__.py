@@ -11,7 +11,7 @@ under a per-client budget, and declared fallbacks. :class:`Client` is the blocki
 Flask services. The policy cores are pure classes, usable and testable on their own.
 """
 
-from shoal._errors import RequestBodyError, UpstreamResetError
+from shoal._errors import RequestBodyError, UpstreamResetError, UpstreamTransportError
 from shoal.client._async import AsyncClient
 from shoal.client._balancer import (
     Balancer,
@@ -73,5 +73,6 @@ __all__ = [
     "SyncTransport",
     "Timeouts",
     "UpstreamResetError",
+    "UpstreamTransportError",
     "parse_retry_after",
 ]

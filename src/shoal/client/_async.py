@@ -97,7 +97,8 @@ class AsyncClient(ClientBase):
         Raises an :class:`UpstreamError` subclass - :class:`UpstreamStatusError` for a final
         5xx, :class:`CircuitOpenError`, :class:`BulkheadFullError`,
         :class:`DeadlineExceededError`, :class:`NoHealthyInstanceError`,
-        :class:`UpstreamConnectError`, :class:`UpstreamTimeoutError` - unless ``fallback``
+        :class:`UpstreamConnectError` or :class:`UpstreamResetError` (both
+        :class:`UpstreamTransportError`), :class:`UpstreamTimeoutError` - unless ``fallback``
         covers it, in which case its response is returned with ``degraded`` set.
         """
         if self._loop is None:

@@ -93,7 +93,8 @@ class Client(ClientBase):
         Raises an :class:`UpstreamError` subclass - :class:`UpstreamStatusError` for a final
         5xx, :class:`CircuitOpenError`, :class:`BulkheadFullError`,
         :class:`DeadlineExceededError`, :class:`NoHealthyInstanceError`,
-        :class:`UpstreamConnectError`, :class:`UpstreamTimeoutError` - unless ``fallback``
+        :class:`UpstreamConnectError` or :class:`UpstreamResetError` (both
+        :class:`UpstreamTransportError`), :class:`UpstreamTimeoutError` - unless ``fallback``
         covers it, in which case its response is returned with ``degraded`` set.
         """
         with self._lock:

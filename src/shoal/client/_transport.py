@@ -2,9 +2,11 @@
 
 A transport sends a :class:`Request` to the absolute URL of a chosen instance and returns the
 :class:`Response`; balancing, retries, breakers and deadlines live above it. Transports raise
-only :class:`~shoal.UpstreamConnectError` (nothing reached the service),
-:class:`~shoal.client.UpstreamResetError` (the connection broke after sending, before an
-answer) and :class:`~shoal.UpstreamTimeoutError`, translated from the library's own errors.
+only :class:`~shoal.UpstreamConnectError` (nothing reached the service: every request is
+retried), :class:`~shoal.UpstreamResetError` (the connection broke after sending, before an
+answer: only idempotent requests are retried), :class:`~shoal.UpstreamTimeoutError` and
+:class:`~shoal.client.RequestBodyError` (the request's own streamed body raised), translated
+from the library's own errors.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class StreamingResponse:
     response``) or :meth:`aread` it, then :meth:`aclose` (always; idempotent) to give the
     connection back. ``raw_headers`` keeps repeated headers (``set-cookie``) as sent.
 
-    Reading raises :class:`~shoal.client.UpstreamResetError` when the connection breaks and
+    Reading raises :class:`~shoal.UpstreamResetError` when the connection breaks and
     :class:`~shoal.UpstreamTimeoutError` when the read timeout or the deadline elapses.
     """
 

@@ -41,6 +41,7 @@ from shoal._errors import (
     UpstreamResetError,
     UpstreamStatusError,
     UpstreamTimeoutError,
+    UpstreamTransportError,
     caused,
 )
 from shoal._logging import get_logger
@@ -101,6 +102,7 @@ _OUTCOME_OF: dict[type[BaseException], str] = {
     UpstreamStatusError: "server_error",
     UpstreamConnectError: "connect_error",
     UpstreamResetError: "connect_error",
+    UpstreamTransportError: "connect_error",  # (a custom transport's own)
     UpstreamTimeoutError: "timeout",
     DeadlineExceededError: "deadline_exceeded",
     CircuitOpenError: "circuit_open",
@@ -428,7 +430,9 @@ class Upstream:
             self._finish_attempt(call, True)
             raise exc
         self._finish_attempt(call, True)
-        retryable = call.idempotent or not isinstance(exc, UpstreamResetError)
+        # Only a failed connect proves the service never saw the request; after a reset (or
+        # any other transport failure) it may have acted on it: retry idempotent calls only.
+        retryable = call.idempotent or isinstance(exc, UpstreamConnectError)
         reason = "reset" if isinstance(exc, UpstreamResetError) else "connect_error"
         delay = self._retry_delay(call, exc, reason, None) if retryable else None
         if delay is None:

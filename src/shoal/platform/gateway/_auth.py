@@ -18,14 +18,14 @@ from typing import Any
 
 import jwt
 
-from shoal._errors import ConfigurationError
+from shoal._errors import ConfigurationError, ShoalError
 from shoal.platform.spec import RouteAuth
 
 #: Seconds of clock skew tolerated on ``exp``/``nbf``/``iat``.
 LEEWAY = 5.0
 
 
-class AuthError(Exception):
+class AuthError(ShoalError):
     """A request fails a route's auth: ``status`` 401 or 403, with the ``WWW-Authenticate``
     challenge (RFC 6750) to send."""
 

@@ -32,6 +32,7 @@ from shoal._errors import (
     RequestBodyError,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamResetError,
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
@@ -329,7 +330,7 @@ class GatewayHandler:
         conn.problem(request, status, detail, [*(extra or ()), rid])
 
 
-def _problem_for(
+def _problem_for(  # noqa: PLR0911 - one answer per kind of failure
     exc: UpstreamError, route: MatchedRoute
 ) -> tuple[int, str, list[tuple[bytes, bytes]] | None]:
     service = route.route.service
@@ -343,6 +344,8 @@ def _problem_for(
         return 504, f"{service} did not answer within the deadline.", None
     if isinstance(exc, UpstreamConnectError):
         return 502, f"{service} could not be reached.", None
+    if isinstance(exc, UpstreamResetError):
+        return 502, f"{service} closed the connection before answering.", None
     return 502, f"{service} failed.", None
 
 
